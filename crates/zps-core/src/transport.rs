@@ -1,0 +1,283 @@
+//! The [`Transport`] trait: the one contract between the engine and a storage /
+//! fanout provider (memory, PostgreSQL, MongoDB, Redis, hybrid).
+//!
+//! Transports are deliberately thin: they store, number and fan out events.
+//! Ordering repair, catch-up/live switching, retries, flow control and
+//! middleware live in the engine so every provider gets them for free.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+use crate::envelope::{DlqEntry, Envelope, EphemeralEvent, NewDlqEntry, NewEvent, PresenceMember, Snapshot};
+use crate::error::Result;
+use crate::room::{Room, RoomPattern};
+
+/// Largest page a single replay call may return.
+pub const MAX_REPLAY_LIMIT: usize = 10_000;
+/// Page size when none is given.
+pub const DEFAULT_REPLAY_LIMIT: usize = 100;
+
+/// The result of storing an event.
+#[derive(Debug, Clone)]
+pub struct PublishOutcome {
+    /// The stored envelope (for a duplicate id: the original one).
+    pub envelope: Arc<Envelope>,
+    /// True when the id already existed and nothing new was stored or delivered.
+    pub duplicate: bool,
+}
+
+/// Which page of a room's history to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayQuery {
+    /// The room to read.
+    pub room: Room,
+    /// Exclusive lower bound: events with `sequence > from_sequence`.
+    pub from_sequence: u64,
+    /// Inclusive upper bound.
+    pub to_sequence: Option<u64>,
+    /// Only these event types (all when `None`).
+    pub event_types: Option<Vec<String>>,
+    /// Maximum events in the page (clamped to [`MAX_REPLAY_LIMIT`]).
+    pub limit: usize,
+}
+
+impl ReplayQuery {
+    /// A query for `room` after `from_sequence`, default limit.
+    pub fn new(room: Room, from_sequence: u64) -> Self {
+        Self {
+            room,
+            from_sequence,
+            to_sequence: None,
+            event_types: None,
+            limit: DEFAULT_REPLAY_LIMIT,
+        }
+    }
+
+    /// Sets the inclusive upper bound.
+    pub fn to(mut self, to_sequence: u64) -> Self {
+        self.to_sequence = Some(to_sequence);
+        self
+    }
+
+    /// Sets the page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Keeps only these event types.
+    pub fn types<I: IntoIterator<Item = S>, S: Into<String>>(mut self, types: I) -> Self {
+        self.event_types = Some(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether an event of this type passes the type filter.
+    pub fn accepts_type(&self, event_type: &str) -> bool {
+        self.event_types
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == event_type))
+    }
+
+    /// The limit clamped to `1..=MAX_REPLAY_LIMIT`.
+    pub fn effective_limit(&self) -> usize {
+        self.limit.clamp(1, MAX_REPLAY_LIMIT)
+    }
+}
+
+/// One page of replayed events.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayPage {
+    /// Matching, unexpired events in sequence order.
+    pub events: Vec<Arc<Envelope>>,
+    /// Highest sequence this page examined (matching or not); the next page starts after
+    /// it, so a rarely-matching type filter never stalls a cursor. Every sequence up to
+    /// it is final: in the page, filtered out, expired, or never going to exist.
+    pub scanned_to: u64,
+    /// No event after `scanned_to` (within the bounds) exists right now.
+    pub exhausted: bool,
+}
+
+/// Where a room's retained history starts and ends, and which history it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomInfo {
+    /// Changes whenever the provider lost or reset this room's history;
+    /// sequences are comparable only within one epoch.
+    pub epoch: String,
+    /// The newest sequence (0 when nothing was ever published).
+    pub last_sequence: u64,
+    /// The oldest sequence still retained; `last_sequence + 1` when nothing is retained.
+    pub earliest_sequence: u64,
+}
+
+/// What a provider can do, so the engine and gateway adapt instead of guessing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// History survives a process restart.
+    pub durable: bool,
+    /// History is kept and can be replayed at all.
+    pub history: bool,
+    /// Live events reach subscribers in other processes.
+    pub cross_process: bool,
+    /// How long the engine waits for an out-of-order gap to fill by itself before it
+    /// fetches the missing range from history (zero for in-order live paths).
+    pub reorder_window: Duration,
+}
+
+/// What a live subscription yields.
+#[derive(Debug, Clone)]
+pub enum LiveSignal {
+    /// A stored event.
+    Event(Arc<Envelope>),
+    /// Live messages may have been lost (channel overflow, fanout connection
+    /// reconnected); the engine re-reads history from its cursors. `None` = every room.
+    Lagged(Option<RoomPattern>),
+    /// The room's history was reset (new epoch); sequences restart.
+    Reset {
+        /// The affected room.
+        room: Room,
+        /// Its new epoch.
+        epoch: String,
+    },
+}
+
+/// A live event stream; ends when the transport closes.
+pub type LiveStream = BoxStream<'static, LiveSignal>;
+/// A live ephemeral stream; ends when the transport closes.
+pub type EphemeralStream = BoxStream<'static, Arc<EphemeralEvent>>;
+
+/// Overall health of a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Everything works.
+    Healthy,
+    /// Works with reduced guarantees (e.g. hybrid with its fanout leg down).
+    Degraded,
+    /// Cannot serve.
+    Unhealthy,
+}
+
+/// A provider's health report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransportHealth {
+    /// Provider name.
+    pub provider: String,
+    /// Overall status.
+    pub status: HealthStatus,
+    /// Provider-specific details (listener state, pool size, ...).
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TransportHealth {
+    /// A healthy report with no details.
+    pub fn healthy(provider: &str) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            status: HealthStatus::Healthy,
+            details: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Storage and fanout behind the engine. Object-safe: hold it as `Arc<dyn Transport>`.
+///
+/// Contract every implementation must honour (checked by `zps-conformance`):
+/// sequences per room start at 1 and increase by exactly one per stored event,
+/// with no gaps and no duplicates under concurrent publishers; a duplicate id
+/// returns the original envelope and is not delivered again; live signals of one
+/// room are delivered in sequence order unless [`Capabilities::reorder_window`]
+/// is non-zero; replay never returns expired events.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Short provider name (`memory`, `postgres`, ...).
+    fn name(&self) -> &'static str;
+
+    /// What this provider offers.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Stores the event under the room's next sequence and fans it out.
+    async fn publish(&self, event: NewEvent) -> Result<PublishOutcome>;
+
+    /// Stores several events (possibly in different rooms). Providers that can batch override this.
+    async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(self.publish(e).await?);
+        }
+        Ok(out)
+    }
+
+    /// Opens a live stream for these rooms/patterns. Events published after this
+    /// returns are delivered; earlier ones are read with [`Transport::replay`].
+    async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream>;
+
+    /// Reads one page of history.
+    async fn replay(&self, query: &ReplayQuery) -> Result<ReplayPage>;
+
+    /// The room's epoch and retained range.
+    async fn room_info(&self, room: &Room) -> Result<RoomInfo>;
+
+    /// Moves a subscriber's cursor forward (never back); returns the stored cursor.
+    async fn ack(&self, room: &Room, subscriber_id: &str, sequence: u64) -> Result<u64>;
+
+    /// The subscriber's cursor, if it ever acked.
+    async fn cursor(&self, room: &Room, subscriber_id: &str) -> Result<Option<u64>>;
+
+    /// Stores (replaces) the room's snapshot.
+    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+
+    /// The room's latest snapshot.
+    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>>;
+
+    /// Parks a failed event in the room's dead-letter queue.
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry>;
+
+    /// Dead letters with `entry_id > after`, oldest first.
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>>;
+
+    /// Removes dead letters; returns how many existed.
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64>;
+
+    /// How many dead letters the room holds.
+    async fn dlq_len(&self, room: &Room) -> Result<u64>;
+
+    /// Fans out an ephemeral event (not stored).
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()>;
+
+    /// Opens a live stream of ephemeral events.
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream>;
+
+    /// Records that `connection` of `member.user_id` is present for `ttl`; returns
+    /// true when the user was not present before (a join to announce).
+    async fn presence_enter(
+        &self,
+        room: &Room,
+        member: PresenceMember,
+        connection: &str,
+        ttl: Duration,
+    ) -> Result<bool>;
+
+    /// Removes one connection of a user; returns true when the user has no
+    /// connection left (a leave to announce).
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool>;
+
+    /// Current members of the room (expired connections excluded).
+    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>>;
+
+    /// Drops connections whose TTL lapsed; returns `(room, user_id)` of users that left.
+    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>>;
+
+    /// Deletes expired events; returns how many were removed.
+    async fn prune_expired(&self) -> Result<u64>;
+
+    /// Reachability and details.
+    async fn health(&self) -> TransportHealth;
+
+    /// Releases owned resources; live streams end.
+    async fn close(&self) -> Result<()>;
+}
