@@ -1,0 +1,871 @@
+//! The conformance cases. Each takes a fresh fixture and asserts exact
+//! behaviour: sequences, contents, counts and error kinds.
+
+// A test suite: a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+use zps_core::{
+    CatchUpOptions, DiscontinuityReason, Error, NewDlqEntry, PublishRequest, ReplayQuery, RetryPolicy, Room,
+    RoomPattern, SubscribeOptions, SubscriptionItem, Timestamp, room,
+};
+
+use crate::{
+    Fixture, WAIT, assert_quiet, engine, next_event, seqs, take_events, take_stream, unique_room,
+    unique_scope,
+};
+
+fn req(room: &Room, event_type: &str, payload: serde_json::Value) -> PublishRequest {
+    PublishRequest::new(room.clone(), event_type, &payload).unwrap_or_else(|e| panic!("request: {e}"))
+}
+
+/// 8 concurrent publishers × 1 000 events to one room: sequences 1..=8000, each once.
+pub async fn sequences_are_gap_free_under_concurrent_publishers(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let mut live = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).live_only())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let (rt, chat) = (rt.clone(), chat.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::with_capacity(1000);
+            for i in 0..1000 {
+                let e = rt
+                    .publish(req(&chat, "tick", json!({"p": p, "i": i})))
+                    .await
+                    .unwrap();
+                got.push(e.sequence);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "one publisher's sequences must increase"
+        );
+        all.extend(got);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=8000).collect::<Vec<u64>>());
+
+    let delivered = take_events(&mut live, 8000).await;
+    assert_eq!(seqs(&delivered), (1..=8000).collect::<Vec<u64>>());
+    let stored: Vec<_> = rt
+        .catch_up(CatchUpOptions::new(chat.clone()).batch_size(1000))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&stored), (1..=8000).collect::<Vec<u64>>());
+    assert_eq!(rt.room_info(&chat).await.unwrap().last_sequence, 8000);
+    rt.close().await.unwrap();
+}
+
+/// Re-publishing an id returns the first envelope, stores nothing, delivers nothing.
+pub async fn duplicate_id_returns_the_original_and_delivers_once(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let mut live = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).live_only())
+        .await
+        .unwrap();
+    let first = rt
+        .publish_outcome(req(&chat, "message.created", json!({"text": "first"})).with_id("msg-1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.envelope.sequence, 1);
+    let again = rt
+        .publish_outcome(req(&chat, "message.created", json!({"text": "second"})).with_id("msg-1"))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.envelope.sequence, 1);
+    assert_eq!(again.envelope.id, "msg-1");
+    assert_eq!(again.envelope.payload.get(), r#"{"text":"first"}"#);
+    assert_eq!(again.envelope.emitted_at, first.envelope.emitted_at);
+    let next = rt
+        .publish(req(&chat, "message.created", json!({"text": "third"})))
+        .await
+        .unwrap();
+    assert_eq!(next.sequence, 2);
+
+    let got = take_events(&mut live, 2).await;
+    assert_eq!(seqs(&got), vec![1, 2]);
+    assert_eq!(got[0].payload.get(), r#"{"text":"first"}"#);
+    assert_quiet(&mut live, Duration::from_millis(300)).await;
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&page.events), vec![1, 2]);
+    assert_eq!(rt.metrics().duplicates_dropped, 1);
+    rt.close().await.unwrap();
+}
+
+/// 16 racing publishes of one id: one event stored, everyone gets its envelope.
+pub async fn concurrent_duplicates_store_one_event(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (rt, chat) = (rt.clone(), chat.clone());
+            tokio::spawn(async move {
+                rt.publish_outcome(req(&chat, "t", json!({"i": i})).with_id("same"))
+                    .await
+            })
+        })
+        .collect();
+    let mut fresh = 0;
+    let mut payloads = HashSet::new();
+    for t in tasks {
+        let o = t.await.unwrap().unwrap();
+        assert_eq!(o.envelope.sequence, 1);
+        payloads.insert(o.envelope.payload.get().to_owned());
+        if !o.duplicate {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1, "exactly one publish stores the event");
+    assert_eq!(payloads.len(), 1, "every caller sees the stored payload");
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&page.events), vec![1]);
+    rt.close().await.unwrap();
+}
+
+/// `sequence > from`, `<= to`, `limit`, type filters, the 10 000 cap.
+pub async fn replay_respects_bounds_limit_and_types(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    for i in 1..=20u64 {
+        let t = if i % 2 == 0 { "even" } else { "odd" };
+        rt.publish(req(&chat, t, json!({"i": i}))).await.unwrap();
+    }
+    let all = rt.replay(ReplayQuery::new(chat.clone(), 5)).await.unwrap();
+    assert_eq!(seqs(&all.events), (6..=20).collect::<Vec<u64>>());
+    assert!(all.exhausted);
+    assert_eq!(all.scanned_to, 20);
+
+    let bounded = rt.replay(ReplayQuery::new(chat.clone(), 5).to(10)).await.unwrap();
+    assert_eq!(seqs(&bounded.events), vec![6, 7, 8, 9, 10]);
+
+    let limited = rt
+        .replay(ReplayQuery::new(chat.clone(), 5).limit(3))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&limited.events), vec![6, 7, 8]);
+    assert!(!limited.exhausted);
+    assert_eq!(limited.scanned_to, 8);
+
+    let evens = rt
+        .replay(ReplayQuery::new(chat.clone(), 0).types(["even"]))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&evens.events), (2..=20).step_by(2).collect::<Vec<u64>>());
+    assert!(evens.events.iter().all(|e| e.event_type == "even"));
+    let page = rt
+        .replay(ReplayQuery::new(chat.clone(), 0).types(["even"]).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page.events), vec![2, 4]);
+    assert_eq!(page.scanned_to, 4);
+
+    let none = rt.replay(ReplayQuery::new(chat.clone(), 20)).await.unwrap();
+    assert!(none.events.is_empty() && none.exhausted);
+    let empty_room = rt.replay(ReplayQuery::new(unique_room("chat"), 0)).await.unwrap();
+    assert!(empty_room.events.is_empty() && empty_room.exhausted);
+
+    let too_big = rt.replay(ReplayQuery::new(chat.clone(), 0).limit(10_001)).await;
+    assert!(matches!(too_big, Err(Error::InvalidEvent(_))), "{too_big:?}");
+    let inverted = rt.replay(ReplayQuery::new(chat.clone(), 10).to(5)).await;
+    assert!(matches!(inverted, Err(Error::InvalidEvent(_))), "{inverted:?}");
+    rt.close().await.unwrap();
+}
+
+/// A filter matching 1 event in 700 pages through 2 100 events without stalling.
+pub async fn catch_up_with_a_rare_filter_does_not_stall(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("audit");
+    let batch: Vec<_> = (1..=2100u64)
+        .map(|i| {
+            let t = if i % 700 == 0 { "rare" } else { "common" };
+            zps_core::NewEvent::from_request(
+                req(&chat, t, json!({"i": i})),
+                zps_core::engine::DEFAULT_TTL,
+                Timestamp::now(),
+            )
+            .unwrap()
+        })
+        .collect();
+    rt.transport().publish_batch(batch).await.unwrap();
+    let rare: Vec<_> = rt
+        .catch_up(
+            CatchUpOptions::new(chat.clone())
+                .event_types(["rare"])
+                .batch_size(100),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&rare), vec![700, 1400, 2100]);
+
+    // The same through a live subscription's catch-up.
+    let mut sub = rt
+        .subscribe_stream(
+            SubscribeOptions::room(chat.clone())
+                .event_types(["rare"])
+                .batch_size(50),
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(&take_events(&mut sub, 3).await), vec![700, 1400, 2100]);
+    let live = rt.publish(req(&chat, "rare", json!({}))).await.unwrap();
+    rt.publish(req(&chat, "common", json!({}))).await.unwrap();
+    assert_eq!(next_event(&mut sub).await.sequence, live.sequence);
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    rt.close().await.unwrap();
+}
+
+/// `to_sequence` bounds a drain, `max_batches` caps it, a subscriber id resumes it.
+pub async fn catch_up_honours_to_sequence_max_batches_and_cursor(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    for i in 1..=50u64 {
+        rt.publish(req(&chat, "t", json!({"i": i}))).await.unwrap();
+    }
+    let to: Vec<_> = rt
+        .catch_up(
+            CatchUpOptions::new(chat.clone())
+                .from_sequence(10)
+                .to_sequence(25)
+                .batch_size(4),
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&to), (11..=25).collect::<Vec<u64>>());
+    let capped: Vec<_> = rt
+        .catch_up(CatchUpOptions::new(chat.clone()).batch_size(7).max_batches(2))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&capped), (1..=14).collect::<Vec<u64>>());
+    rt.ack(&chat, 42, "worker-1").await.unwrap();
+    let rest: Vec<_> = rt
+        .stream_replay(CatchUpOptions::new(chat.clone()).subscriber("worker-1"))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&rest), (43..=50).collect::<Vec<u64>>());
+    rt.close().await.unwrap();
+}
+
+/// History then live while a publisher keeps going: exactly 1..=N in order.
+pub async fn subscribe_switches_from_history_to_live_without_gap_or_duplicate(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    for i in 1..=500u64 {
+        rt.publish(req(&chat, "t", json!({"i": i}))).await.unwrap();
+    }
+    let publisher = {
+        let (rt, chat) = (rt.clone(), chat.clone());
+        tokio::spawn(async move {
+            for i in 501..=1500u64 {
+                rt.publish(req(&chat, "t", json!({"i": i}))).await.unwrap();
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut sub = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).batch_size(50))
+        .await
+        .unwrap();
+    let got = take_events(&mut sub, 1500).await;
+    publisher.await.unwrap();
+    assert_eq!(seqs(&got), (1..=1500).collect::<Vec<u64>>());
+    for e in &got {
+        let i: serde_json::Value = e.payload_as().unwrap();
+        assert_eq!(i["i"], e.sequence, "payload belongs to its sequence");
+    }
+    assert_quiet(&mut sub, Duration::from_millis(300)).await;
+    rt.close().await.unwrap();
+}
+
+/// Without `from_sequence`, a subscriber id starts after its cursor.
+pub async fn subscribe_starts_after_the_ack_cursor(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    for _ in 0..10 {
+        rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+    }
+    rt.ack(&chat, 7, "device-1").await.unwrap();
+    let mut sub = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).subscriber("device-1"))
+        .await
+        .unwrap();
+    let start = &sub.starts()[0];
+    assert_eq!(start.start_after, 7);
+    assert_eq!(start.recovered, Some(true));
+    assert_eq!(start.last_sequence, 10);
+    assert_eq!(seqs(&take_events(&mut sub, 3).await), vec![8, 9, 10]);
+    // An explicit position wins over the cursor.
+    let mut explicit = rt
+        .subscribe_stream(
+            SubscribeOptions::room(chat.clone())
+                .subscriber("device-1")
+                .from_sequence(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next_event(&mut explicit).await.sequence, 3);
+    rt.close().await.unwrap();
+}
+
+/// `catch_up: false` starts at the head; default start `Live` does so without a cursor.
+pub async fn live_only_subscription_skips_history(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    for _ in 0..5 {
+        rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+    }
+    let mut live = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).live_only())
+        .await
+        .unwrap();
+    assert_eq!(live.starts()[0].start_after, 5);
+    let mut opts = SubscribeOptions::room(chat.clone());
+    opts.default_start = zps_core::DefaultStart::Live;
+    let mut browser = rt.subscribe_stream(opts).await.unwrap();
+    rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+    assert_eq!(next_event(&mut live).await.sequence, 6);
+    assert_eq!(next_event(&mut browser).await.sequence, 6);
+    rt.close().await.unwrap();
+}
+
+/// Cursors only move forward and are per (room, subscriber).
+pub async fn ack_never_moves_backwards(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let (a, b) = (unique_room("chat"), unique_room("chat"));
+    assert_eq!(rt.cursor(&a, "s1").await.unwrap(), None);
+    assert_eq!(rt.ack(&a, 10, "s1").await.unwrap(), 10);
+    assert_eq!(rt.ack(&a, 5, "s1").await.unwrap(), 10);
+    assert_eq!(rt.cursor(&a, "s1").await.unwrap(), Some(10));
+    assert_eq!(rt.ack(&a, 11, "s1").await.unwrap(), 11);
+    assert_eq!(rt.cursor(&a, "s2").await.unwrap(), None);
+    assert_eq!(rt.cursor(&b, "s1").await.unwrap(), None);
+    assert_eq!(rt.ack(&b, 3, "s1").await.unwrap(), 3);
+    assert_eq!(rt.cursor(&a, "s1").await.unwrap(), Some(11));
+    assert!(matches!(rt.ack(&a, 1, "").await, Err(Error::InvalidEvent(_))));
+    assert_eq!(rt.metrics().acked, 4, "four successful acks");
+    rt.close().await.unwrap();
+}
+
+/// Expired events are never replayed and pruning removes them.
+pub async fn expired_events_are_not_replayed_and_are_pruned(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let short = Duration::from_millis(300);
+    rt.publish(req(&chat, "short", json!({})).with_ttl(short))
+        .await
+        .unwrap();
+    rt.publish(req(&chat, "long", json!({}))).await.unwrap();
+    rt.publish(req(&chat, "short", json!({})).with_ttl(short))
+        .await
+        .unwrap();
+    rt.publish(req(&chat, "long", json!({}))).await.unwrap();
+    let before = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&before.events), vec![1, 2, 3, 4]);
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    let after = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&after.events), vec![2, 4]);
+    assert_eq!(after.scanned_to, 4);
+    let drained: Vec<_> = rt
+        .catch_up(CatchUpOptions::new(chat.clone()).batch_size(1))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(seqs(&drained), vec![2, 4]);
+    let pruned = rt.prune_expired().await.unwrap();
+    assert!(pruned <= 2, "pruned {pruned}");
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&page.events), vec![2, 4]);
+    assert_eq!(rt.room_info(&chat).await.unwrap().earliest_sequence, 2);
+    // Sequences continue after pruning.
+    assert_eq!(
+        rt.publish(req(&chat, "long", json!({}))).await.unwrap().sequence,
+        5
+    );
+    rt.close().await.unwrap();
+}
+
+/// Resumes state explicitly when the position is from another epoch, ahead of
+/// history, or older than retention.
+pub async fn resume_reports_discontinuities(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    rt.publish(req(&chat, "t", json!({})).with_ttl(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+    }
+    let info = rt.room_info(&chat).await.unwrap();
+    assert!(!info.epoch.is_empty());
+    assert_eq!(info.last_sequence, 4);
+    assert_eq!(
+        rt.room_info(&chat).await.unwrap().epoch,
+        info.epoch,
+        "epoch is stable"
+    );
+
+    // Intact resume with the right epoch.
+    let sub = rt
+        .subscribe_stream(
+            SubscribeOptions::room(chat.clone())
+                .from_sequence(2)
+                .epoch(info.epoch.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sub.starts()[0].recovered, Some(true));
+    assert_eq!(sub.starts()[0].epoch, info.epoch);
+
+    // Another epoch: reset, delivery restarts at the earliest retained event.
+    let mut other = rt
+        .subscribe_stream(
+            SubscribeOptions::room(chat.clone())
+                .from_sequence(3)
+                .epoch("not-this-one"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.starts()[0].recovered, Some(false));
+    assert_eq!(other.starts()[0].reason, Some(DiscontinuityReason::StreamReset));
+    match tokio::time::timeout(WAIT, other.next()).await {
+        Ok(Some(SubscriptionItem::Discontinuity(d))) => {
+            assert_eq!(d.reason, DiscontinuityReason::StreamReset);
+            assert_eq!(d.requested_from, 3);
+            assert_eq!(d.epoch, info.epoch);
+        }
+        other => panic!("expected a discontinuity, got {other:?}"),
+    }
+    assert_eq!(next_event(&mut other).await.sequence, 1);
+
+    // Ahead of history (a client from before a reset that lost the epoch).
+    let ahead = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).from_sequence(99))
+        .await
+        .unwrap();
+    assert_eq!(ahead.starts()[0].reason, Some(DiscontinuityReason::StreamReset));
+
+    // Older than retention once event 1 expired and was pruned.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    rt.prune_expired().await.unwrap();
+    let mut expired = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).from_sequence(0))
+        .await
+        .unwrap();
+    assert_eq!(
+        expired.starts()[0].reason,
+        Some(DiscontinuityReason::PositionExpired)
+    );
+    match tokio::time::timeout(WAIT, expired.next()).await {
+        Ok(Some(SubscriptionItem::Discontinuity(d))) => {
+            assert_eq!(d.reason, DiscontinuityReason::PositionExpired);
+            assert_eq!(d.earliest_sequence, 2);
+        }
+        other => panic!("expected a discontinuity, got {other:?}"),
+    }
+    assert_eq!(seqs(&take_events(&mut expired, 3).await), vec![2, 3, 4]);
+    assert!(rt.metrics().discontinuities >= 3);
+    rt.close().await.unwrap();
+}
+
+/// Snapshots: none, stored, replaced.
+pub async fn snapshots_store_and_replace(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    assert!(rt.get_snapshot(&chat).await.unwrap().is_none());
+    rt.snapshot(&chat, 100, &json!({"messages": ["a", "b"], "n": 2}))
+        .await
+        .unwrap();
+    let s = rt.get_snapshot(&chat).await.unwrap().unwrap();
+    assert_eq!(s.last_sequence, 100);
+    assert_eq!(s.room, chat);
+    let state: serde_json::Value = serde_json::from_str(s.state.get()).unwrap();
+    assert_eq!(state, json!({"messages": ["a", "b"], "n": 2}));
+    rt.snapshot(&chat, 150, &json!({"n": 3})).await.unwrap();
+    let s = rt.get_snapshot(&chat).await.unwrap().unwrap();
+    assert_eq!(s.last_sequence, 150);
+    assert!(rt.get_snapshot(&unique_room("chat")).await.unwrap().is_none());
+    assert_eq!(rt.metrics().snapshot_usage, 6, "two writes, four reads");
+    rt.close().await.unwrap();
+}
+
+/// One subscription over several rooms, one over `scope:*`.
+pub async fn multi_room_and_wildcard_live_subscriptions(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let scope = unique_scope("chat");
+    let other_scope = unique_scope("order");
+    let (a, b, c) = (
+        room(&scope, "a").unwrap(),
+        room(&scope, "b").unwrap(),
+        room(&scope, "c").unwrap(),
+    );
+    let o = room(&other_scope, "1").unwrap();
+    let mut multi = rt
+        .subscribe_stream(SubscribeOptions::rooms([a.clone().into(), b.clone().into()]).live_only())
+        .await
+        .unwrap();
+    let wildcard = RoomPattern::parse(&format!("{scope}:*")).unwrap();
+    let mut wild = rt
+        .subscribe_stream(SubscribeOptions::room(wildcard.clone()))
+        .await
+        .unwrap();
+    assert!(wild.starts().is_empty(), "wildcards have no per-room start");
+    for r in [&a, &b, &c, &o, &a] {
+        rt.publish(req(r, "t", json!({}))).await.unwrap();
+    }
+    let got = take_events(&mut multi, 3).await;
+    let rooms: Vec<_> = got
+        .iter()
+        .map(|e| (e.room.resource().to_owned(), e.sequence))
+        .collect();
+    assert_eq!(rooms, vec![("a".into(), 1), ("b".into(), 1), ("a".into(), 2)]);
+    let got = take_events(&mut wild, 4).await;
+    let rooms: Vec<_> = got
+        .iter()
+        .map(|e| (e.room.resource().to_owned(), e.sequence))
+        .collect();
+    assert_eq!(
+        rooms,
+        vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1), ("a".into(), 2)]
+    );
+    assert_quiet(&mut wild, Duration::from_millis(300)).await;
+    assert_quiet(&mut multi, Duration::from_millis(100)).await;
+    assert_eq!(rt.subscriber_count(&a), 2);
+    assert_eq!(rt.subscriber_count(&c), 1);
+    assert!(!rt.has_subscribers(&o));
+    drop(multi);
+    assert_eq!(rt.subscriber_count(&a), 1);
+    rt.close().await.unwrap();
+}
+
+/// Rooms never see each other's events, sequences or ids.
+pub async fn rooms_are_isolated(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let (a, b) = (unique_room("chat"), unique_room("chat"));
+    let ea = rt
+        .publish(req(&a, "t", json!({"r": "a"})).with_id("shared-id"))
+        .await
+        .unwrap();
+    let eb = rt
+        .publish_outcome(req(&b, "t", json!({"r": "b"})).with_id("shared-id"))
+        .await;
+    // Ids are idempotency keys within a room; reusing one in another room is either a
+    // new event of that room or refused, never the other room's event.
+    match eb {
+        Ok(o) => {
+            assert_eq!(o.envelope.room, b);
+            assert_eq!(o.envelope.payload.get(), r#"{"r":"b"}"#);
+            assert!(!o.duplicate);
+        }
+        Err(e) => assert!(matches!(e, Error::Rejected(_)), "{e:?}"),
+    }
+    for _ in 0..3 {
+        rt.publish(req(&a, "t", json!({"r": "a"}))).await.unwrap();
+    }
+    assert_eq!(ea.sequence, 1);
+    let pa = rt.replay(ReplayQuery::new(a.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&pa.events), vec![1, 2, 3, 4]);
+    assert!(pa.events.iter().all(|e| e.room == a));
+    let pb = rt.replay(ReplayQuery::new(b.clone(), 0)).await.unwrap();
+    assert!(
+        pb.events
+            .iter()
+            .all(|e| e.room == b && e.payload.get() == r#"{"r":"b"}"#)
+    );
+    assert_eq!(rt.room_info(&a).await.unwrap().last_sequence, 4);
+    rt.close().await.unwrap();
+}
+
+/// Payloads, metadata, the encrypted marker and timestamps survive storage exactly.
+pub async fn payloads_round_trip_exactly(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let mut live = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).live_only())
+        .await
+        .unwrap();
+    let big = "x".repeat(20_000);
+    let payload =
+        json!({"text": "héllo ✓ \"quoted\" \\ \n", "n": 1.5, "big": big, "nested": {"a": [1, null, true]}});
+    let sent = rt
+        .publish(
+            req(&chat, "message.created", payload.clone())
+                .with_metadata("tenantId", json!("t-1"))
+                .with_metadata("traceId", json!("tr-9"))
+                .with_ttl(Duration::from_secs(3600))
+                .encrypted(),
+        )
+        .await
+        .unwrap();
+    let check = |e: &zps_core::Envelope| {
+        let p: serde_json::Value = e.payload_as().unwrap();
+        assert_eq!(p, payload);
+        assert!(e.encrypted);
+        assert_eq!(e.event_type, "message.created");
+        let m = e.metadata.as_ref().unwrap();
+        assert_eq!(m.get("tenantId"), Some(&json!("t-1")));
+        assert_eq!(m.get("traceId"), Some(&json!("tr-9")));
+        assert_eq!(e.emitted_at, sent.emitted_at);
+        assert_eq!(e.expires_at.as_millis() - e.emitted_at.as_millis(), 3_600_000);
+        assert_eq!(e.id, sent.id);
+    };
+    check(&sent);
+    check(&*next_event(&mut live).await);
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    check(&page.events[0]);
+    let plain = rt.publish(req(&chat, "t", json!(null))).await.unwrap();
+    let back = rt.replay(ReplayQuery::new(chat.clone(), 1)).await.unwrap();
+    assert_eq!(back.events[0].payload.get(), "null");
+    assert!(!back.events[0].encrypted);
+    assert!(back.events[0].metadata.as_ref().is_none_or(|m| m.is_empty()));
+    assert_eq!(plain.sequence, 2);
+    rt.close().await.unwrap();
+}
+
+/// Dead letters: write, list in order, page, count, remove.
+pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let dlq = rt.dlq(chat.clone());
+    assert_eq!(dlq.len().await.unwrap(), 0);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let e = rt.publish(req(&chat, "t", json!({"i": i}))).await.unwrap();
+        let entry = dlq
+            .write(NewDlqEntry {
+                event: (*e).clone(),
+                error: format!("boom {i}"),
+                attempts: 3,
+                subscriber_id: Some("worker".into()),
+                failed_at: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        ids.push(entry.entry_id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "entry ids increase: {ids:?}");
+    let listed = dlq.list(10).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(listed[2].error, "boom 2");
+    assert_eq!(listed[2].attempts, 3);
+    assert_eq!(listed[2].event.sequence, 3);
+    assert_eq!(listed[2].subscriber_id.as_deref(), Some("worker"));
+    let page2 = dlq.list_after(ids[1], 2).await.unwrap();
+    assert_eq!(
+        page2.iter().map(|e| e.entry_id).collect::<Vec<_>>(),
+        vec![ids[2], ids[3]]
+    );
+    let streamed: Vec<_> = dlq.replay(2).try_collect().await.unwrap();
+    assert_eq!(
+        streamed.iter().map(|e| e.event.sequence).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(dlq.remove(&[ids[0], ids[4], 999_999]).await.unwrap(), 2);
+    assert_eq!(dlq.len().await.unwrap(), 3);
+    assert_eq!(rt.dlq(unique_room("chat")).len().await.unwrap(), 0);
+    rt.close().await.unwrap();
+}
+
+/// A handler that fails is retried; one that keeps failing is dead-lettered; auto-ack
+/// moves the cursor past both.
+pub async fn failing_handler_retries_then_dead_letters(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let calls = Arc::new(AtomicU32::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let c = calls.clone();
+    let handle = rt
+        .subscribe(
+            SubscribeOptions::room(chat.clone())
+                .subscriber("worker-1")
+                .auto_ack()
+                .retry(RetryPolicy {
+                    attempts: 3,
+                    strategy: zps_core::BackoffStrategy::Fixed,
+                    base_delay: Duration::from_millis(5),
+                    max_delay: Duration::from_millis(5),
+                }),
+            move |e| {
+                let n = c.fetch_add(1, Ordering::SeqCst);
+                let tx = done_tx.clone();
+                async move {
+                    let seq = e.sequence;
+                    // Event 2 fails twice then succeeds; event 3 always fails.
+                    let fail = (seq == 2 && n < 3) || seq == 3;
+                    if fail {
+                        return Err(format!("cannot handle {seq}"));
+                    }
+                    let _ = tx.send(seq);
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+    }
+    let handled = take_stream(
+        &mut futures::stream::poll_fn(|cx| done_rx.poll_recv(cx)).boxed(),
+        3,
+    )
+    .await;
+    assert_eq!(handled, vec![1, 2, 4]);
+    // 1 + 3 (event 2) + 3 (event 3) + 1 = 8 handler runs.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while rt.cursor(&chat, "worker-1").await.unwrap() != Some(4) {
+        assert!(tokio::time::Instant::now() < deadline, "cursor never reached 4");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 8);
+    let dead = rt.dlq(chat.clone()).list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event.sequence, 3);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].error, "cannot handle 3");
+    assert_eq!(dead[0].subscriber_id.as_deref(), Some("worker-1"));
+    let m = rt.metrics();
+    assert_eq!(m.retry_count, 4);
+    assert_eq!(m.dlq_size, 1);
+    handle.unsubscribe().await;
+    rt.close().await.unwrap();
+}
+
+/// Ephemeral events reach live subscribers (filtered by type) and are never stored.
+pub async fn ephemeral_events_fan_out_and_are_not_stored(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let mut all = rt
+        .subscribe_ephemeral(&[chat.clone().into()], None)
+        .await
+        .unwrap();
+    let mut typing = rt
+        .subscribe_ephemeral(&[chat.clone().into()], Some(vec!["typing".into()]))
+        .await
+        .unwrap();
+    let mut req = zps_core::EphemeralRequest::new(chat.clone(), "cursor", &json!({"x": 1})).unwrap();
+    req.origin = Some("conn-1".into());
+    rt.publish_ephemeral(req).await.unwrap();
+    rt.publish_ephemeral(
+        zps_core::EphemeralRequest::new(chat.clone(), "typing", &json!({"u": "a"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let got = take_stream(&mut all, 2).await;
+    assert_eq!(got[0].event_type, "cursor");
+    assert_eq!(got[0].origin.as_deref(), Some("conn-1"));
+    assert_eq!(got[1].payload.get(), r#"{"u":"a"}"#);
+    let got = take_stream(&mut typing, 1).await;
+    assert_eq!(got[0].event_type, "typing");
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(rt.room_info(&chat).await.unwrap().last_sequence, 0);
+    assert_eq!(rt.metrics().ephemeral_published, 2);
+    rt.close().await.unwrap();
+}
+
+/// One member per user; leaves when the last connection goes; joins/leaves announced.
+pub async fn presence_tracks_users_across_connections(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let presence = rt.presence(chat.clone());
+    let mut changes = presence.changes().await.unwrap();
+    let meta = json!({"name": "Ana"}).as_object().cloned();
+    assert!(presence.enter("u1", meta.clone(), "c1").await.unwrap());
+    assert!(
+        !presence.enter("u1", meta.clone(), "c2").await.unwrap(),
+        "second connection is no new member"
+    );
+    assert!(presence.enter("u2", None, "c3").await.unwrap());
+    let members = presence.members().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        vec!["u1", "u2"]
+    );
+    assert_eq!(members[0].metadata, meta);
+    assert!(!presence.leave("u1", "c1").await.unwrap());
+    assert_eq!(presence.members().await.unwrap().len(), 2);
+    assert!(presence.leave("u1", "c2").await.unwrap());
+    assert!(
+        !presence.leave("u1", "c2").await.unwrap(),
+        "leaving twice is a no-op"
+    );
+    let members = presence.members().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        vec!["u2"]
+    );
+    let got = take_stream(&mut changes, 3).await;
+    assert!(matches!(&got[0], zps_core::PresenceChange::Joined { member } if member.user_id == "u1"));
+    assert!(matches!(&got[1], zps_core::PresenceChange::Joined { member } if member.user_id == "u2"));
+    assert!(matches!(&got[2], zps_core::PresenceChange::Left { user_id } if user_id == "u1"));
+    rt.close().await.unwrap();
+}
+
+/// Two transports over the same storage (two "processes"): one history, one
+/// sequence, and every subscriber on both sees 1..=N once, in order.
+pub async fn two_connections_share_one_history(f: Arc<dyn Fixture>) {
+    let (t1, t2) = (f.connect().await, f.connect().await);
+    let cross = t1.capabilities().cross_process;
+    let (rt1, rt2) = (zps_core::Realtime::new(t1), zps_core::Realtime::new(t2));
+    let chat = unique_room("chat");
+    let mut sub1 = rt1
+        .subscribe_stream(SubscribeOptions::room(chat.clone()))
+        .await
+        .unwrap();
+    let mut sub2 = rt2
+        .subscribe_stream(SubscribeOptions::room(chat.clone()))
+        .await
+        .unwrap();
+    let per = 250u64;
+    let tasks: Vec<_> = [rt1.clone(), rt2.clone(), rt1.clone(), rt2.clone()]
+        .into_iter()
+        .map(|rt| {
+            let chat = chat.clone();
+            tokio::spawn(async move {
+                for _ in 0..per {
+                    rt.publish(req(&chat, "t", json!({}))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = (4 * per) as usize;
+    let expected: Vec<u64> = (1..=n as u64).collect();
+    assert_eq!(seqs(&take_events(&mut sub1, n).await), expected);
+    if cross {
+        assert_eq!(seqs(&take_events(&mut sub2, n).await), expected);
+    }
+    let page = rt2
+        .replay(ReplayQuery::new(chat.clone(), 0).limit(10_000))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&page.events), expected);
+    rt1.close().await.unwrap();
+    rt2.close().await.unwrap();
+}
