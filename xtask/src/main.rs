@@ -1,0 +1,260 @@
+//! Project automation: `cargo xtask test | load-test | help`.
+//!
+//! `cargo xtask test` is the one command CI runs: formatting, clippy with
+//! warnings denied, then every test against real services, which it makes
+//! reachable first (start them if installed, install them on Debian if not, or
+//! say exactly what to run).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("load-test") => load_test(&args[1..]),
+        Some("services") => ensure_services().map(|_| ()),
+        None | Some("help" | "-h" | "--help") => {
+            print_help();
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!(
+            "unknown command `{other}`; see `cargo xtask help`"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_help() {
+    println!(
+        "cargo xtask <command>
+
+  test [--no-lint] [NEXTEST ARGS]  fmt check, clippy -D warnings, all tests against real services
+  load-test                        in-process engine load test (release build); knobs:
+                                   REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
+                                   REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
+  services                         make PostgreSQL and Redis reachable (start or install)"
+    );
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn has(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let lint = !args.iter().any(|a| a == "--no-lint");
+    let extra: Vec<&String> = args.iter().filter(|a| *a != "--no-lint").collect();
+    if lint {
+        run(cargo().args(["fmt", "--all", "--check"]))?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    let env = ensure_services()?;
+    let nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = cargo();
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--profile", "ci"]);
+    } else {
+        eprintln!("xtask: cargo-nextest not found, using cargo test (install: cargo install cargo-nextest)");
+        cmd.args(["test", "--workspace"]);
+    }
+    cmd.args(extra);
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    run(&mut cmd)?;
+    if nextest {
+        // nextest does not run doctests.
+        run(cargo()
+            .args(["test", "--workspace", "--doc"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
+    }
+    eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn load_test(args: &[String]) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "zps-bench",
+            "--bin",
+            "zps-load-test",
+            "--",
+        ])
+        .args(args))
+}
+
+/// Test service endpoints, as environment variables for the test run.
+fn ensure_services() -> Result<Vec<(String, String)>> {
+    let mut env = Vec::new();
+    ensure_postgres()?;
+    env.push(default_env(
+        "ZPS_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    ));
+    ensure_redis()?;
+    env.push(default_env("ZPS_TEST_REDIS_URL", "redis://127.0.0.1:6379"));
+    Ok(env)
+}
+
+fn default_env(key: &str, default: &str) -> (String, String) {
+    (
+        key.to_owned(),
+        std::env::var(key).unwrap_or_else(|_| default.to_owned()),
+    )
+}
+
+fn reachable(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+fn wait_for(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if reachable(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if std::env::var_os("ZPS_NO_INSTALL").is_some() || !is_root() || !has("apt-get") {
+        bail!("not installing automatically (needs root and apt-get, and ZPS_NO_INSTALL unset)");
+    }
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn postgres_versions() -> Vec<String> {
+    std::fs::read_dir("/etc/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ensure_postgres() -> Result<()> {
+    if reachable(5432) {
+        return Ok(());
+    }
+    eprintln!("xtask: PostgreSQL is not reachable on 127.0.0.1:5432; trying to start it");
+    if postgres_versions().is_empty() && !has("pg_ctlcluster") {
+        if let Err(e) = apt_install(&["postgresql"]) {
+            bail!(
+                "PostgreSQL is not installed ({e}). Run:\n  sudo apt-get install -y postgresql\n  \
+                 echo 'host all all 127.0.0.1/32 trust' | sudo tee -a /etc/postgresql/*/main/pg_hba.conf\n  \
+                 sudo pg_ctlcluster $(ls /etc/postgresql) main restart"
+            );
+        }
+        // Tests connect as `postgres` over TCP without a password, as on CI machines.
+        for version in postgres_versions() {
+            let hba = format!("/etc/postgresql/{version}/main/pg_hba.conf");
+            let current = std::fs::read_to_string(&hba).unwrap_or_default();
+            let trust = "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n";
+            std::fs::write(&hba, format!("{trust}{current}")).with_context(|| format!("writing {hba}"))?;
+        }
+    }
+    for version in postgres_versions() {
+        let _ = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", "start"])
+            .status();
+    }
+    if !wait_for(5432, Duration::from_secs(30)) {
+        bail!(
+            "PostgreSQL did not come up on 127.0.0.1:5432. Start it with:\n  \
+             pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        );
+    }
+    Ok(())
+}
+
+fn ensure_redis() -> Result<()> {
+    if reachable(6379) {
+        return Ok(());
+    }
+    eprintln!("xtask: Redis is not reachable on 127.0.0.1:6379; trying to start it");
+    if !has("redis-server")
+        && let Err(e) = apt_install(&["redis-server"])
+    {
+        bail!("Redis is not installed ({e}). Run:\n  sudo apt-get install -y redis-server");
+    }
+    let _ = std::fs::create_dir_all("/var/lib/redis");
+    let _ = Command::new("redis-server")
+        .args([
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+        ])
+        .status();
+    if !wait_for(6379, Duration::from_secs(15)) {
+        bail!(
+            "Redis did not come up on 127.0.0.1:6379. Start it with:\n  \
+             redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
+        );
+    }
+    Ok(())
+}
