@@ -46,7 +46,7 @@ pub use engine::{
     DiscontinuityReason, Dlq, EngineConfig, EphemeralRequest, FlowControl, FlowStrategy, HandlerError,
     Health, ListenerGuard, PRESENCE_JOINED, PRESENCE_LEFT, Presence, PresenceChange, Realtime,
     RealtimeBuilder, RetryPolicy, RoomStart, SubscribeOptions, Subscription, SubscriptionHandle,
-    SubscriptionItem,
+    SubscriptionItem, check_continuity,
 };
 pub use envelope::{
     DlqEntry, Envelope, EphemeralEvent, Metadata, NewDlqEntry, NewEvent, Payload, PresenceMember,

@@ -41,7 +41,7 @@ pub use options::{
     RetryPolicy, SubscribeOptions,
 };
 pub use presence::{Presence, PresenceChange, PresenceStream};
-pub use subscription::{Discontinuity, DiscontinuityReason, RoomStart, SubscriptionItem};
+pub use subscription::{Discontinuity, DiscontinuityReason, RoomStart, SubscriptionItem, check_continuity};
 
 use subscription::{Driver, live_lag_ms};
 

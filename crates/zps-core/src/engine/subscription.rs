@@ -120,8 +120,10 @@ impl RoomState {
     }
 }
 
-/// Resolves where a resume may start, and whether the position survived.
-pub(crate) fn check_continuity(
+/// Resolves where a resume from `requested_from` (in `known_epoch`, if the caller
+/// knows it) may start given the room's state: the start position and, when the
+/// position did not survive, why. Shared by the engine and the gateway.
+pub fn check_continuity(
     requested_from: u64,
     known_epoch: Option<&str>,
     info: &RoomInfo,
