@@ -1,0 +1,116 @@
+//! Plain HTTP endpoints: `/health`, `/live`, `/ready`, `/metrics`, and the origin check.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use zps_core::{HealthStatus, MetricsSnapshot, TransportHealth};
+
+use crate::shared::Shared;
+
+/// What `GET /health` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayHealth {
+    /// `healthy`, `degraded`, `unhealthy` or `draining`.
+    pub status: &'static str,
+    /// Open connections.
+    pub connections: usize,
+    /// Running room hubs (one per room or pattern with local subscribers).
+    pub hubs: usize,
+    /// Whether the gateway is shutting down.
+    pub draining: bool,
+    /// The transport's report.
+    pub transport: TransportHealth,
+    /// Engine counters.
+    pub metrics: MetricsSnapshot,
+}
+
+impl GatewayHealth {
+    /// Whether orchestrators should consider the gateway serving.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.status, "healthy" | "degraded")
+    }
+}
+
+pub(crate) async fn health_of(gw: &Shared) -> GatewayHealth {
+    let health = gw.engine.health().await;
+    let draining = gw.is_draining();
+    let status = if draining {
+        "draining"
+    } else {
+        match health.status {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    };
+    GatewayHealth {
+        status,
+        connections: gw.connections(),
+        hubs: gw.hubs.len(),
+        draining,
+        transport: health.transport,
+        metrics: health.metrics,
+    }
+}
+
+pub(crate) async fn health(State(gw): State<Arc<Shared>>) -> Response {
+    let h = health_of(&gw).await;
+    let code = if h.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(h)).into_response()
+}
+
+pub(crate) async fn live() -> &'static str {
+    "ok"
+}
+
+pub(crate) async fn ready(State(gw): State<Arc<Shared>>) -> Response {
+    let h = health_of(&gw).await;
+    let ready = h.is_ok();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({ "ready": ready, "status": h.status })),
+    )
+        .into_response()
+}
+
+pub(crate) async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
+    match &gw.prometheus {
+        Some(handle) => {
+            handle.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no Prometheus recorder: another metrics recorder was installed by the application",
+        )
+            .into_response(),
+    }
+}
+
+/// Browser origin allow-list; requests without `Origin` (non-browser clients) pass.
+pub(crate) fn origin_allowed(gw: &Shared, headers: &HeaderMap) -> bool {
+    let Some(allowed) = &gw.config.allowed_origins else {
+        return true;
+    };
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
+    }
+}

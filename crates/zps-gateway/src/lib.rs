@@ -1,0 +1,174 @@
+//! The zero-pub-sub gateway: WebSocket (`/`, `/ws`) and SSE (`/events`)
+//! endpoints speaking the wire protocol of `zps-protocol`, with auth, limits,
+//! `/health`, `/live`, `/ready` and Prometheus `/metrics`. Browsers and apps
+//! talk to the gateway; database credentials never leave the server.
+//!
+//! ```no_run
+//! use zps_core::Realtime;
+//! use zps_gateway::{Gateway, GatewayConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::new(Realtime::memory(), GatewayConfig::default())?;
+//! // Mount into an existing axum app...
+//! let app = axum::Router::new().merge(gateway.router());
+//! # let _ = app;
+//! // ...or serve it directly until `gateway.shutdown()` drains it.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! gateway.serve(listener).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+mod config;
+mod conn;
+mod frames;
+mod http;
+mod hub;
+mod pipe;
+mod replay;
+mod session;
+mod shared;
+mod sse;
+mod ws;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use zps_core::Realtime;
+
+pub use auth::{AuthAction, AuthConfig, AuthorizeRequest, Authorizer, Claims, JwtKey};
+pub use config::{GatewayConfig, Limits};
+pub use http::GatewayHealth;
+
+use shared::Shared;
+
+/// Errors building a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The JWT public key could not be parsed.
+    #[error("invalid JWT key: {0}")]
+    InvalidJwtKey(String),
+    /// A setting is out of range.
+    #[error("invalid gateway config: {0}")]
+    InvalidConfig(String),
+}
+
+/// Installs the process-wide Prometheus recorder once; `None` when the
+/// application already installed another `metrics` recorder.
+pub fn prometheus_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("seconds".into()), &buckets);
+            let builder = match builder {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "prometheus buckets rejected");
+                    PrometheusBuilder::new()
+                }
+            };
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not install the Prometheus recorder; /metrics disabled");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// A gateway over one engine; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Builds a gateway; fails on an unusable JWT key or limits.
+    pub fn new(engine: Realtime, config: GatewayConfig) -> Result<Self, GatewayError> {
+        let limits = &config.limits;
+        if limits.max_connections == 0 || limits.max_subscriptions == 0 || limits.max_messages_per_window == 0
+        {
+            return Err(GatewayError::InvalidConfig(
+                "max_connections, max_subscriptions and max_messages_per_window must be at least 1".into(),
+            ));
+        }
+        if limits.heartbeat_interval.is_zero() || limits.rate_limit_window.is_zero() {
+            return Err(GatewayError::InvalidConfig(
+                "heartbeat_interval and rate_limit_window must be positive".into(),
+            ));
+        }
+        let verifier = match &config.auth.jwt {
+            Some(key) => Some(
+                auth::JwtVerifier::new(key, config.auth.leeway.unwrap_or(Duration::from_secs(5)))
+                    .map_err(|e| GatewayError::InvalidJwtKey(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            shared: Arc::new(Shared::new(engine, config, verifier, prometheus_handle())),
+        })
+    }
+
+    /// The engine behind the gateway (publish from your backend through it).
+    pub fn engine(&self) -> &Realtime {
+        &self.shared.engine
+    }
+
+    /// The routes, ready to serve or to merge into an existing axum app.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(ws::handler))
+            .route("/ws", get(ws::handler))
+            .route("/events", get(sse::handler))
+            .route("/health", get(http::health))
+            .route("/live", get(http::live))
+            .route("/ready", get(http::ready))
+            .route("/metrics", get(http::metrics))
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves on `listener` until [`Gateway::shutdown`] is called.
+    pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        let token = self.shared.drain.clone();
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// Health as served on `/health`.
+    pub async fn health(&self) -> GatewayHealth {
+        http::health_of(&self.shared).await
+    }
+
+    /// Drains: stop accepting, close every socket with 1012 (clients reconnect
+    /// elsewhere with jitter), wait for them (bounded), then close the transport.
+    pub async fn shutdown(&self) {
+        let gw = &self.shared;
+        if gw.draining.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!(connections = gw.connections(), "draining gateway");
+        gw.drain.cancel();
+        let deadline =
+            tokio::time::Instant::now() + gw.config.drain_timeout.unwrap_or(Duration::from_secs(10));
+        while gw.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = gw.engine.close().await {
+            tracing::warn!(error = %e, "closing the transport failed");
+        }
+        tracing::info!(remaining = gw.connections(), "gateway drained");
+    }
+}

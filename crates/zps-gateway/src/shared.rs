@@ -1,0 +1,99 @@
+//! State shared by every connection of one gateway.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use zps_core::Realtime;
+
+use crate::auth::JwtVerifier;
+use crate::config::GatewayConfig;
+use crate::hub::Hubs;
+use crate::replay::ReplayCache;
+
+pub(crate) struct Shared {
+    pub(crate) engine: Realtime,
+    pub(crate) config: GatewayConfig,
+    pub(crate) verifier: Option<JwtVerifier>,
+    pub(crate) hubs: Hubs,
+    pub(crate) replay: ReplayCache,
+    pub(crate) node_id: String,
+    next_id: AtomicU64,
+    connections: AtomicUsize,
+    pub(crate) draining: AtomicBool,
+    pub(crate) drain: CancellationToken,
+    pub(crate) prometheus: Option<PrometheusHandle>,
+}
+
+/// Holds one of `max_connections` places; released on drop.
+pub(crate) struct ConnSlot {
+    shared: Arc<Shared>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let now = self.shared.connections.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("zps_gateway_connections").set(now as f64);
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        engine: Realtime,
+        config: GatewayConfig,
+        verifier: Option<JwtVerifier>,
+        prometheus: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            hubs: Hubs::new(engine.clone()),
+            replay: ReplayCache::new(engine.clone()),
+            engine,
+            config,
+            verifier,
+            node_id: zps_core::envelope::generate_id(),
+            next_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            drain: CancellationToken::new(),
+            prometheus,
+        }
+    }
+
+    /// Takes a connection place, or `None` at `max_connections`.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<ConnSlot> {
+        let max = self.config.limits.max_connections;
+        let mut current = self.connections.load(Ordering::Acquire);
+        loop {
+            if current >= max {
+                metrics::counter!("zps_gateway_rejected_connections_total", "reason" => "capacity")
+                    .increment(1);
+                return None;
+            }
+            match self.connections.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    metrics::gauge!("zps_gateway_connections").set((current + 1) as f64);
+                    return Some(ConnSlot { shared: self.clone() });
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}

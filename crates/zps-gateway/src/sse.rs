@@ -1,0 +1,274 @@
+//! The SSE endpoint: `GET /events?room=chat:1&room=...&fromSequence=...`.
+//!
+//! Auth failures are HTTP errors before the stream starts (401 token, 403 room,
+//! 400 invalid room, 503 capacity). Each event is `id: room@sequence` plus
+//! `data: <envelope JSON>`; `Last-Event-ID` resumes that room; without a
+//! position the stream is live only. Heartbeat comments keep proxies open.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use zps_core::RoomPattern;
+use zps_protocol::ErrorCode;
+
+use crate::auth::{AuthAction, TokenError};
+use crate::conn::ConnShared;
+use crate::frames::{ConnKind, Outbound};
+use crate::http::origin_allowed;
+use crate::pipe::{Pipe, SseWriter};
+use crate::session::{Failure, Refusal, Session};
+use crate::shared::{ConnSlot, Shared};
+
+#[derive(Default)]
+struct Params {
+    rooms: Vec<String>,
+    from_sequence: Option<u64>,
+    epoch: Option<String>,
+    event_types: Option<Vec<String>>,
+    token: Option<String>,
+    subscriber_id: Option<String>,
+}
+
+fn parse_params(query: &str) -> Result<Params, Refusal> {
+    let mut p = Params::default();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "room" => p.rooms.push(v.into_owned()),
+            "rooms" => p
+                .rooms
+                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned)),
+            "fromSequence" => {
+                p.from_sequence = Some(v.parse().map_err(|_| {
+                    Refusal::new(
+                        ErrorCode::Malformed,
+                        "fromSequence must be a non-negative integer",
+                    )
+                })?)
+            }
+            "epoch" => p.epoch = Some(v.into_owned()),
+            "eventTypes" => {
+                p.event_types = Some(
+                    v.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                )
+            }
+            "token" => p.token = Some(v.into_owned()),
+            "subscriberId" => p.subscriber_id = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    p.rooms.dedup();
+    if p.rooms.is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::Malformed,
+            "at least one `room` parameter is required",
+        ));
+    }
+    Ok(p)
+}
+
+fn http_error(status: StatusCode, r: &Refusal) -> Response {
+    metrics::counter!("zps_gateway_errors_total", "code" => r.code.as_str()).increment(1);
+    let body = serde_json::json!({ "code": r.code.as_str(), "message": r.message, "room": r.room });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /events`.
+pub(crate) async fn handler(
+    State(gw): State<Arc<Shared>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if !origin_allowed(&gw, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if gw.is_draining() {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Refusal::new(ErrorCode::Unavailable, "gateway is draining"),
+        );
+    }
+    let params = match parse_params(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(r) => return http_error(StatusCode::BAD_REQUEST, &r),
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = bearer.or(params.token.clone());
+    let identity = match &gw.verifier {
+        None => Default::default(),
+        Some(v) => match token.as_deref() {
+            None | Some("") => {
+                let r = Refusal::new(ErrorCode::Unauthorized, TokenError::Missing.to_string());
+                return http_error(StatusCode::UNAUTHORIZED, &r);
+            }
+            Some(t) => match v.verify(t) {
+                Ok(id) => id,
+                Err(e) => {
+                    return http_error(
+                        StatusCode::UNAUTHORIZED,
+                        &Refusal::new(ErrorCode::Unauthorized, e.to_string()),
+                    );
+                }
+            },
+        },
+    };
+    if let Some(sub) = &params.subscriber_id
+        && let Err(e) = zps_core::envelope::validate_token("subscriberId", sub)
+    {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            &Refusal::new(ErrorCode::Malformed, e.to_string()),
+        );
+    }
+    let Some(slot) = gw.try_acquire() else {
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Refusal::new(ErrorCode::Unavailable, "gateway at capacity"),
+        );
+    };
+    let id = gw.next_conn_id();
+    let key: Arc<str> = Arc::from(format!("{}-{id}", gw.node_id));
+    let (conn, rx) = ConnShared::new(id, key, ConnKind::Sse, gw.config.limits.max_socket_buffered_bytes);
+    let mut session = Session::new(gw.clone(), conn.clone());
+    session.identity = identity;
+    session.subscriber_id = params.subscriber_id.clone();
+
+    if params.rooms.len() > gw.config.limits.max_subscriptions {
+        let r = Refusal::new(ErrorCode::TooManySubscriptions, "too many rooms");
+        return http_error(StatusCode::BAD_REQUEST, &r);
+    }
+    let mut targets = Vec::new();
+    for raw in &params.rooms {
+        let target = match session.target(raw) {
+            Ok(t) => t,
+            Err(r) => return http_error(StatusCode::BAD_REQUEST, &r),
+        };
+        if let Err(r) = session.authorize(&target, AuthAction::Subscribe).await {
+            return http_error(StatusCode::FORBIDDEN, &r);
+        }
+        targets.push(target);
+    }
+    // `Last-Event-ID: room@sequence` resumes that room.
+    let mut positions: HashMap<RoomPattern, u64> = HashMap::new();
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+        && let Some((room, seq)) = last.rsplit_once('@')
+        && let (Ok(target), Ok(seq)) = (RoomPattern::parse(room), seq.parse::<u64>())
+    {
+        positions.insert(target, seq);
+    }
+
+    let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    let limits = &gw.config.limits;
+    let pipe = Pipe {
+        writer: SseWriter {
+            tx,
+            stall: limits.heartbeat_interval + limits.heartbeat_timeout,
+        },
+        rx,
+        conn,
+    };
+    tokio::spawn(run(session, pipe, targets, positions, params, slot));
+    metrics::counter!("zps_gateway_connections_opened_total", "transport" => "sse").increment(1);
+    let body = Body::from_stream(tokio_stream_from(body_rx));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, Infallible>>,
+) -> impl futures::Stream<Item = Result<Bytes, Infallible>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn run(
+    mut session: Session,
+    mut pipe: Pipe<SseWriter>,
+    targets: Vec<RoomPattern>,
+    positions: HashMap<RoomPattern, u64>,
+    params: Params,
+    slot: ConnSlot,
+) {
+    let gw = session.gw.clone();
+    let retry = gw.config.sse_retry.unwrap_or(Duration::from_secs(3)).as_millis();
+    let started = async {
+        pipe.write(Outbound::Sse(Bytes::from(format!("retry: {retry}\n\n"))))
+            .await?;
+        for target in targets {
+            let from = positions.get(&target).copied().or(params.from_sequence);
+            match session
+                .subscribe(
+                    &mut pipe,
+                    target.clone(),
+                    from,
+                    params.epoch.clone(),
+                    params.event_types.clone(),
+                )
+                .await
+            {
+                Ok(()) => {}
+                Err(Failure::Refused(r)) => {
+                    let msg = r.in_room(&target.to_string()).to_message();
+                    pipe.write(crate::frames::control(crate::frames::ConnKind::Sse, &msg))
+                        .await?;
+                }
+                Err(Failure::Disconnected) => return Err(crate::pipe::Disconnected),
+            }
+        }
+        Ok::<_, crate::pipe::Disconnected>(())
+    }
+    .await;
+    if started.is_ok() {
+        let every = gw.config.limits.heartbeat_interval.min(Duration::from_secs(15));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        let conn = pipe.conn.clone();
+        let drain = gw.drain.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = drain.cancelled() => break,
+                _ = conn.killed() => break,
+                () = pipe.writer.tx.closed() => break,
+                out = pipe.rx.recv() => match out {
+                    Some(out) => tokio::select! {
+                        r = pipe.forward(out) => r.map(|c| c.is_none()),
+                        _ = conn.killed() => break,
+                    },
+                    None => break,
+                },
+                () = conn.resync_needed() => match session.resync(&mut pipe).await {
+                    Ok(()) => Ok(true),
+                    Err(_) => Ok(false),
+                },
+                _ = heartbeat.tick() => pipe.write(Outbound::Sse(Bytes::from_static(b": ping\n\n"))).await.map(|()| true),
+            };
+            if !matches!(step, Ok(true)) {
+                break;
+            }
+        }
+    }
+    session.cleanup().await;
+    drop(slot);
+}
