@@ -1,0 +1,214 @@
+//! `zero-pub-sub`: run the realtime gateway and operate its providers.
+//!
+//! `zero-pub-sub gateway` with no arguments serves ws://127.0.0.1:8080/ws on
+//! the embedded in-memory provider. Every flag is also an environment variable
+//! and a snake_case key of the `--config` TOML file (file < environment < flags).
+
+mod providers;
+mod settings;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use settings::{GatewayArgs, Settings};
+use zps_core::Realtime;
+use zps_gateway::{AuthConfig, Gateway, GatewayConfig, JwtKey};
+
+/// Realtime event engine: durable, ordered, replayable pub/sub over WebSocket and SSE.
+#[derive(Debug, Parser)]
+#[command(name = "zero-pub-sub", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the WebSocket + SSE gateway (default: 127.0.0.1:8080, in-memory provider).
+    Gateway(Box<GatewayArgs>),
+    /// Ask a running gateway for its health; exits 0 when healthy or degraded.
+    Health {
+        /// The gateway's base URL.
+        #[arg(long, env = "ZERO_PUBSUB_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Gateway(args) => run_gateway(*args).await,
+            Command::Health { url } => health(&url).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(args)?;
+    let transport = providers::connect(&settings).await?;
+    let engine = Realtime::builder(transport)
+        .default_ttl(settings.default_ttl)
+        .build();
+    let config = gateway_config(&settings)?;
+    let gateway = Gateway::new(engine, config).context("invalid gateway configuration")?;
+
+    let addr = format!("{}:{}", settings.host, settings.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local: SocketAddr = listener.local_addr().context("cannot read the bound address")?;
+    tracing::info!(
+        provider = settings.provider.as_str(),
+        auth = if settings.jwt_secret.is_some() || settings.jwt_public_key.is_some() {
+            "jwt"
+        } else {
+            "none"
+        },
+        "gateway listening on {local}"
+    );
+    // A stable line for humans and scripts.
+    println!("zero-pub-sub gateway listening on ws://{local}/ws (SSE: http://{local}/events)");
+
+    let serving = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.serve(listener).await })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received; draining");
+    gateway.shutdown().await;
+    match serving.await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e).context("server error"),
+        Err(e) => Err(e).context("server task failed"),
+    }
+}
+
+fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
+    let jwt = match (&s.jwt_secret, &s.jwt_public_key) {
+        (Some(secret), _) => Some(JwtKey::Hs256(secret.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?;
+            Some(public_key(pem).with_context(|| format!("unusable public key in {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let mut config = GatewayConfig {
+        limits: s.limits.clone(),
+        auth: AuthConfig {
+            jwt,
+            scopes: s.scopes.clone(),
+            rooms_claim: Some(s.rooms_claim.clone()),
+            ..Default::default()
+        },
+        allowed_origins: s.allowed_origins.clone(),
+        ..Default::default()
+    };
+    config.drain_timeout = Some(s.drain_timeout);
+    Ok(config)
+}
+
+/// Picks RS256 or ES256 from the PEM's key type.
+fn public_key(pem: Vec<u8>) -> anyhow::Result<JwtKey> {
+    let rsa = JwtKey::Rs256Pem(pem.clone());
+    if zps_gateway::auth::JwtVerifier::new(&rsa, std::time::Duration::ZERO).is_ok() {
+        return Ok(rsa);
+    }
+    let ec = JwtKey::Es256Pem(pem);
+    if zps_gateway::auth::JwtVerifier::new(&ec, std::time::Duration::ZERO).is_ok() {
+        return Ok(ec);
+    }
+    bail!("expected an RSA (RS256) or P-256 EC (ES256) public key in PEM format")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn health(url: &str) -> anyhow::Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = url.strip_prefix("http://") else {
+        bail!("only http:// URLs are supported (put TLS in front of the gateway): {url}");
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    .with_context(|| format!("timed out connecting to {host}"))?
+    .with_context(|| format!("cannot connect to {host}"))?;
+    let request = format!("GET /health HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .context("cannot send the request")?;
+    let mut response = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .context("timed out reading the response")?
+    .context("cannot read the response")?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| body.to_owned())
+        ),
+        Err(_) => println!("{body}"),
+    }
+    Ok(if status == "200" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,439 @@
+//! Gateway settings from three layers: a TOML file < environment < flags.
+//! clap reads flags and environment variables; the file fills whatever both left
+//! unset; defaults fill the rest.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Storage/fan-out providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ProviderKind {
+    /// Embedded, in-process (default).
+    Memory,
+    /// PostgreSQL.
+    Postgres,
+    /// MongoDB.
+    Mongo,
+    /// Redis.
+    Redis,
+    /// Durable storage + Redis fan-out.
+    Hybrid,
+}
+
+impl ProviderKind {
+    /// The name used in flags and logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+            Self::Mongo => "mongo",
+            Self::Redis => "redis",
+            Self::Hybrid => "hybrid",
+        }
+    }
+}
+
+/// Flags of `zero-pub-sub gateway` (each also an environment variable).
+#[derive(Debug, Args, Default)]
+pub(crate) struct GatewayArgs {
+    /// TOML file with the same keys in snake_case (flags and environment win).
+    #[arg(long, env = "ZERO_PUBSUB_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Interface to listen on [default: 127.0.0.1].
+    #[arg(long, env = "ZERO_PUBSUB_HOST", help_heading = "Server")]
+    pub(crate) host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8080].
+    #[arg(long, env = "PORT", help_heading = "Server")]
+    pub(crate) port: Option<u16>,
+    /// How long a shutdown waits for sockets to close [default: 10000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_DRAIN_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Server"
+    )]
+    pub(crate) drain_timeout_ms: Option<u64>,
+
+    /// Where events are stored and fanned out [default: memory].
+    #[arg(long, env = "ZERO_PUBSUB_PROVIDER", value_enum, help_heading = "Provider")]
+    pub(crate) provider: Option<ProviderKind>,
+    /// Provider connection URL (postgres://, redis://, mongodb://).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_CONNECTION",
+        value_name = "URL",
+        help_heading = "Provider"
+    )]
+    pub(crate) connection: Option<String>,
+    /// Hybrid: the durable storage provider (postgres or mongo).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_STORAGE_PROVIDER",
+        value_enum,
+        help_heading = "Provider"
+    )]
+    pub(crate) storage_provider: Option<ProviderKind>,
+    /// Hybrid: the storage connection URL.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_STORAGE_CONNECTION",
+        value_name = "URL",
+        help_heading = "Provider"
+    )]
+    pub(crate) storage_connection: Option<String>,
+    /// Hybrid: the realtime fan-out provider (redis).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_REALTIME_PROVIDER",
+        value_enum,
+        help_heading = "Provider"
+    )]
+    pub(crate) realtime_provider: Option<ProviderKind>,
+    /// Hybrid: the realtime connection URL.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_REALTIME_CONNECTION",
+        value_name = "URL",
+        help_heading = "Provider"
+    )]
+    pub(crate) realtime_connection: Option<String>,
+    /// Time to live of events published without one [default: 86400000 (24 h)].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_DEFAULT_TTL_MS",
+        value_name = "MS",
+        help_heading = "Provider"
+    )]
+    pub(crate) default_ttl_ms: Option<u64>,
+    /// Memory provider: events kept per room [default: 10000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_MEMORY_MAX_EVENTS_PER_ROOM",
+        help_heading = "Provider"
+    )]
+    pub(crate) memory_max_events_per_room: Option<usize>,
+
+    /// Open connections before new ones are refused with 4503 [default: 10000].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_CONNECTIONS", help_heading = "Limits")]
+    pub(crate) max_connections: Option<usize>,
+    /// Subscriptions per connection before 4430 [default: 128].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_SUBSCRIPTIONS", help_heading = "Limits")]
+    pub(crate) max_subscriptions: Option<usize>,
+    /// Largest event payload in bytes before 4413 [default: 65536].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_PAYLOAD_BYTES", help_heading = "Limits")]
+    pub(crate) max_payload_bytes: Option<usize>,
+    /// Messages per rate-limit window before 4429 [default: 100].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_MESSAGES_PER_WINDOW", help_heading = "Limits")]
+    pub(crate) max_messages_per_window: Option<u32>,
+    /// Rate-limit window [default: 1000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_RATE_LIMIT_WINDOW_MS",
+        value_name = "MS",
+        help_heading = "Limits"
+    )]
+    pub(crate) rate_limit_window_ms: Option<u64>,
+    /// Time allowed before `init` (then 4401) [default: 10000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_INIT_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Limits"
+    )]
+    pub(crate) init_timeout_ms: Option<u64>,
+    /// Server ping interval [default: 30000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_HEARTBEAT_INTERVAL_MS",
+        value_name = "MS",
+        help_heading = "Limits"
+    )]
+    pub(crate) heartbeat_interval_ms: Option<u64>,
+    /// Missing-pong grace before 4410 [default: 10000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_HEARTBEAT_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Limits"
+    )]
+    pub(crate) heartbeat_timeout_ms: Option<u64>,
+    /// Outbound backlog per connection before it is cut off (4509) [default: 1048576].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_SOCKET_BUFFERED_BYTES", help_heading = "Limits")]
+    pub(crate) max_socket_buffered_bytes: Option<usize>,
+    /// Let clients publish durable events [default: false].
+    #[arg(long, env = "ZERO_PUBSUB_ALLOW_CLIENT_PUBLISH", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Limits")]
+    pub(crate) allow_client_publish: Option<bool>,
+    /// Let clients publish ephemeral events (typing, cursors) [default: true].
+    #[arg(long, env = "ZERO_PUBSUB_ALLOW_CLIENT_EPHEMERAL", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Limits")]
+    pub(crate) allow_client_ephemeral: Option<bool>,
+    /// Largest `limit` of a replay_request [default: 1000].
+    #[arg(long, env = "ZERO_PUBSUB_MAX_REPLAY_LIMIT", help_heading = "Limits")]
+    pub(crate) max_replay_limit: Option<usize>,
+
+    /// Verify HS256 tokens with this secret.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_JWT_SECRET",
+        hide_env_values = true,
+        help_heading = "Auth"
+    )]
+    pub(crate) jwt_secret: Option<String>,
+    /// Verify RS256 or ES256 tokens with this PEM public key.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_JWT_PUBLIC_KEY",
+        value_name = "FILE",
+        help_heading = "Auth"
+    )]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// Allowed room scopes, comma separated (e.g. chat,order) [default: any].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_SCOPES",
+        value_delimiter = ',',
+        help_heading = "Auth"
+    )]
+    pub(crate) scopes: Option<Vec<String>>,
+    /// Token claim listing the room patterns a connection may use [default: rooms].
+    #[arg(long, env = "ZERO_PUBSUB_ROOMS_CLAIM", help_heading = "Auth")]
+    pub(crate) rooms_claim: Option<String>,
+    /// Browser origins allowed to connect, comma separated [default: any].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Auth"
+    )]
+    pub(crate) allowed_origins: Option<Vec<String>>,
+}
+
+/// The same keys in a TOML file; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileSettings {
+    host: Option<String>,
+    port: Option<u16>,
+    drain_timeout_ms: Option<u64>,
+    provider: Option<ProviderKind>,
+    connection: Option<String>,
+    storage_provider: Option<ProviderKind>,
+    storage_connection: Option<String>,
+    realtime_provider: Option<ProviderKind>,
+    realtime_connection: Option<String>,
+    default_ttl_ms: Option<u64>,
+    memory_max_events_per_room: Option<usize>,
+    max_connections: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_payload_bytes: Option<usize>,
+    max_messages_per_window: Option<u32>,
+    rate_limit_window_ms: Option<u64>,
+    init_timeout_ms: Option<u64>,
+    heartbeat_interval_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    max_socket_buffered_bytes: Option<usize>,
+    allow_client_publish: Option<bool>,
+    allow_client_ephemeral: Option<bool>,
+    max_replay_limit: Option<usize>,
+    jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    scopes: Option<Vec<String>>,
+    rooms_claim: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+/// Everything resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Listen address.
+    pub(crate) host: String,
+    /// Listen port.
+    pub(crate) port: u16,
+    /// Drain bound.
+    pub(crate) drain_timeout: Duration,
+    /// Provider.
+    pub(crate) provider: ProviderKind,
+    /// Provider URL.
+    pub(crate) connection: Option<String>,
+    /// Hybrid storage provider.
+    pub(crate) storage_provider: Option<ProviderKind>,
+    /// Hybrid storage URL.
+    pub(crate) storage_connection: Option<String>,
+    /// Hybrid realtime provider.
+    pub(crate) realtime_provider: Option<ProviderKind>,
+    /// Hybrid realtime URL.
+    pub(crate) realtime_connection: Option<String>,
+    /// Default TTL.
+    pub(crate) default_ttl: Duration,
+    /// Memory history bound.
+    pub(crate) memory_max_events_per_room: usize,
+    /// Gateway limits.
+    pub(crate) limits: zps_gateway::Limits,
+    /// HS256 secret.
+    pub(crate) jwt_secret: Option<String>,
+    /// PEM public key path.
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// Scope allow-list.
+    pub(crate) scopes: Option<Vec<String>>,
+    /// Rooms claim name.
+    pub(crate) rooms_claim: String,
+    /// Origin allow-list.
+    pub(crate) allowed_origins: Option<Vec<String>>,
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {}", path.display(), e.message()))
+}
+
+impl Settings {
+    /// Resolves flags/environment over the file over defaults.
+    pub(crate) fn resolve(args: GatewayArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                args.$field.or(file.$field)
+            };
+        }
+        let defaults = zps_gateway::Limits::default();
+        let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
+        let limits = zps_gateway::Limits {
+            max_connections: pick!(max_connections).unwrap_or(defaults.max_connections),
+            max_subscriptions: pick!(max_subscriptions).unwrap_or(defaults.max_subscriptions),
+            max_payload_bytes: pick!(max_payload_bytes).unwrap_or(defaults.max_payload_bytes),
+            max_messages_per_window: pick!(max_messages_per_window)
+                .unwrap_or(defaults.max_messages_per_window),
+            rate_limit_window: ms(pick!(rate_limit_window_ms), defaults.rate_limit_window),
+            init_timeout: ms(pick!(init_timeout_ms), defaults.init_timeout),
+            heartbeat_interval: ms(pick!(heartbeat_interval_ms), defaults.heartbeat_interval),
+            heartbeat_timeout: ms(pick!(heartbeat_timeout_ms), defaults.heartbeat_timeout),
+            max_socket_buffered_bytes: pick!(max_socket_buffered_bytes)
+                .unwrap_or(defaults.max_socket_buffered_bytes),
+            allow_client_publish: pick!(allow_client_publish).unwrap_or(defaults.allow_client_publish),
+            allow_client_ephemeral: pick!(allow_client_ephemeral).unwrap_or(defaults.allow_client_ephemeral),
+            max_replay_limit: pick!(max_replay_limit).unwrap_or(defaults.max_replay_limit),
+        };
+        let settings = Settings {
+            host: pick!(host).unwrap_or_else(|| "127.0.0.1".to_owned()),
+            port: pick!(port).unwrap_or(8080),
+            drain_timeout: ms(pick!(drain_timeout_ms), Duration::from_secs(10)),
+            provider: pick!(provider).unwrap_or(ProviderKind::Memory),
+            connection: pick!(connection),
+            storage_provider: pick!(storage_provider),
+            storage_connection: pick!(storage_connection),
+            realtime_provider: pick!(realtime_provider),
+            realtime_connection: pick!(realtime_connection),
+            default_ttl: ms(pick!(default_ttl_ms), zps_core::engine::DEFAULT_TTL),
+            memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
+            limits,
+            jwt_secret: pick!(jwt_secret),
+            jwt_public_key: pick!(jwt_public_key),
+            scopes: pick!(scopes).filter(|s| !s.is_empty()),
+            rooms_claim: pick!(rooms_claim).unwrap_or_else(|| "rooms".to_owned()),
+            allowed_origins: pick!(allowed_origins).filter(|o| !o.is_empty()),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            bail!("give either --jwt-secret or --jwt-public-key, not both");
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            bail!("--jwt-secret is too short: use at least 16 characters (32 random bytes recommended)");
+        }
+        if let Some(scopes) = &self.scopes {
+            for s in scopes {
+                if !zps_core::room::is_valid_scope(s) {
+                    bail!("invalid scope `{s}` in --scopes: must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}");
+                }
+            }
+        }
+        if self.default_ttl.is_zero() {
+            bail!("--default-ttl-ms must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let err = toml::from_str::<FileSettings>("port = 1\nmax_conections = 5\n").unwrap_err();
+        assert!(err.message().contains("max_conections"), "{}", err.message());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("zps-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gw.toml");
+        std::fs::write(
+            &path,
+            "port = 9000\nhost = \"0.0.0.0\"\nmax_connections = 7\nscopes = [\"chat\"]\n",
+        )
+        .unwrap();
+        let args = GatewayArgs {
+            config: Some(path),
+            port: Some(9100),
+            ..Default::default()
+        };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.port, 9100, "flag wins");
+        assert_eq!(s.host, "0.0.0.0", "file fills");
+        assert_eq!(s.limits.max_connections, 7);
+        assert_eq!(s.scopes, Some(vec!["chat".to_owned()]));
+        assert_eq!(s.limits.max_subscriptions, 128, "default");
+        assert_eq!(s.provider, ProviderKind::Memory);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn no_arguments_means_localhost_8080_on_memory() {
+        let s = Settings::resolve(GatewayArgs::default()).unwrap();
+        assert_eq!(
+            (s.host.as_str(), s.port, s.provider),
+            ("127.0.0.1", 8080, ProviderKind::Memory)
+        );
+        assert!(!s.limits.allow_client_publish);
+        assert_eq!(s.rooms_claim, "rooms");
+    }
+
+    #[test]
+    fn bad_settings_are_explained() {
+        let short = GatewayArgs {
+            jwt_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(
+            Settings::resolve(short)
+                .unwrap_err()
+                .to_string()
+                .contains("too short")
+        );
+        let scopes = GatewayArgs {
+            scopes: Some(vec!["bad scope".into()]),
+            ..Default::default()
+        };
+        assert!(
+            Settings::resolve(scopes)
+                .unwrap_err()
+                .to_string()
+                .contains("invalid scope")
+        );
+    }
+}
