@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("load-test") => load_test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("services") => ensure_services().map(|_| ()),
         None | Some("help" | "-h" | "--help") => {
             print_help();
@@ -43,6 +44,9 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
+  bench [--scenario NAME] [--quick] gateway benchmarks vs a bare broadcast baseline (release build);
+                                   scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay;
+                                   results appended to bench-results.jsonl
   services                         make PostgreSQL and Redis reachable (start or install)"
     );
 }
@@ -121,6 +125,28 @@ fn load_test(args: &[String]) -> Result<()> {
             "zps-load-test",
             "--",
         ])
+        .args(args))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "zps-cli",
+        "-p",
+        "zps-bench",
+    ]))?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    let bin = target.join("release");
+    run(Command::new(bin.join("zps-bench"))
+        .current_dir(root())
+        .arg("run")
+        .arg("--gateway-bin")
+        .arg(bin.join("zero-pub-sub"))
         .args(args))
 }
 

@@ -6,6 +6,24 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub mod baseline;
+
+/// The unsigned integer after `key` in `s` (a cheap scan instead of a JSON parse,
+/// so the load generator spends its CPU on sockets, not on parsing).
+pub fn scan_u64(s: &str, key: &str) -> Option<u64> {
+    let start = s.find(key)? + key.len();
+    let digits: &str = &s[start..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// The string after `key` (up to the next `"`).
+pub fn scan_str<'a>(s: &'a str, key: &str) -> Option<&'a str> {
+    let start = s.find(key)? + key.len();
+    let rest = &s[start..];
+    rest.find('"').map(|end| &rest[..end])
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Percentiles {
@@ -87,6 +105,17 @@ pub fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scans_fields() {
+        let f =
+            r#"{"type":"event","data":{"id":"x","room":"bench:3","sequence":42,"payload":{"t":123,"i":9}}}"#;
+        assert_eq!(scan_u64(f, "\"sequence\":"), Some(42));
+        assert_eq!(scan_u64(f, "\"t\":"), Some(123));
+        assert_eq!(scan_u64(f, "\"i\":"), Some(9));
+        assert_eq!(scan_str(f, "\"room\":\""), Some("bench:3"));
+        assert_eq!(scan_u64(f, "\"nope\":"), None);
+    }
 
     #[test]
     fn parses_proc_status() {

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use crate::room::{Room, RoomPattern};
 
 /// Default per-room channel depth.
-pub const DEFAULT_CHANNEL_CAPACITY: usize = 512;
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 128;
 
 /// What a fan-out stream yields.
 #[derive(Debug, Clone)]

@@ -161,25 +161,27 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot) {
             out = conn.pipe.rx.recv() => match out {
                 // A peer that stopped reading blocks this write; being killed wins.
                 Some(out) => tokio::select! {
-                    r = conn.pipe.forward(out) => r.map(|c| c.map_or(Next::Continue, Next::Close)),
+                    r = Box::pin(conn.pipe.forward(out)) => r.map(|c| c.map_or(Next::Continue, Next::Close)),
                     code = conn_shared.killed() => Ok(Next::Close(code)),
                 },
                 None => Ok(Next::Close(CloseCode::InternalError)),
             },
-            () = conn_shared.resync_needed() => match conn.session.resync(&mut conn.pipe).await {
+            // Handlers are boxed: their state exists only while they run, which keeps
+            // an idle connection's task small.
+            () = conn_shared.resync_needed() => match Box::pin(conn.session.resync(&mut conn.pipe)).await {
                 Ok(()) => Ok(Next::Continue),
                 Err(Failure::Disconnected) => Err(Disconnected),
                 Err(Failure::Refused(r)) => conn.reply(r.to_message()).await.map(|()| Next::Continue),
             },
-            msg = stream.next() => conn.inbound(msg).await,
-            _ = heartbeat.tick() => conn.heartbeat(&limits).await,
+            msg = stream.next() => Box::pin(conn.inbound(msg)).await,
+            _ = heartbeat.tick() => Box::pin(conn.heartbeat(&limits)).await,
             () = sleep_until(init_deadline), if !conn.initialized => {
-                conn.refuse(ErrorCode::Unauthorized, "init timeout: send init first").await
+                Box::pin(conn.refuse(ErrorCode::Unauthorized, "init timeout: send init first")).await
                     .map(|()| Next::Close(CloseCode::Unauthorized))
             }
-            () = sleep_until(expiry.unwrap_or(init_deadline)), if expiry.is_some() => conn.token_timer().await,
+            () = sleep_until(expiry.unwrap_or(init_deadline)), if expiry.is_some() => Box::pin(conn.token_timer()).await,
             _ = presence_tick.tick(), if !conn.session.entered.is_empty() => {
-                conn.session.presence_refresh().await;
+                Box::pin(conn.session.presence_refresh()).await;
                 Ok(Next::Continue)
             }
         };
@@ -190,44 +192,53 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot) {
         }
     };
     if let Some(code) = close {
-        metrics::counter!("zps_gateway_closes_total", "code" => code.code().to_string()).increment(1);
-        // A slow consumer is not read from: do not wait for its socket.
-        let budget = Duration::from_millis(if code == CloseCode::SlowConsumer {
-            50
-        } else {
-            1_000
-        });
-        let sent = tokio::time::timeout(budget, async {
-            conn.pipe.write(Outbound::Close(code)).await?;
-            conn.pipe.flush().await
+        Box::pin(close_politely(&mut conn, &mut stream, code)).await;
+    }
+    Box::pin(conn.session.cleanup()).await;
+    drop(slot);
+}
+
+/// Sends the close frame and completes the close handshake (bounded).
+async fn close_politely(
+    conn: &mut Conn,
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    code: CloseCode,
+) {
+    metrics::counter!("zps_gateway_closes_total", "code" => code.code().to_string()).increment(1);
+    // A slow consumer is not read from: do not wait for its socket.
+    let budget = Duration::from_millis(if code == CloseCode::SlowConsumer {
+        50
+    } else {
+        1_000
+    });
+    let sent = tokio::time::timeout(budget, async {
+        conn.pipe.write(Outbound::Close(code)).await?;
+        conn.pipe.flush().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) && code != CloseCode::SlowConsumer {
+        // Close handshake: read (and discard) until the peer's close, so unread
+        // input does not turn our close into a TCP reset the peer never sees.
+        let started = Instant::now();
+        let _ = tokio::time::timeout(budget, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
         })
         .await;
-        if matches!(sent, Ok(Ok(()))) && code != CloseCode::SlowConsumer {
-            // Close handshake: read (and discard) until the peer's close, so unread
-            // input does not turn our close into a TCP reset the peer never sees.
-            let started = Instant::now();
-            let _ = tokio::time::timeout(budget, async {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if matches!(msg, Message::Close(_)) {
-                        break;
-                    }
-                }
-            })
+        if code == CloseCode::TooBig {
+            // The rest of the oversized frame cannot be read; give the peer time
+            // to read our close before the socket drops.
+            tokio::time::sleep(
+                budget
+                    .saturating_sub(started.elapsed())
+                    .min(Duration::from_millis(500)),
+            )
             .await;
-            if code == CloseCode::TooBig {
-                // The rest of the oversized frame cannot be read; give the peer time
-                // to read our close before the socket drops.
-                tokio::time::sleep(
-                    budget
-                        .saturating_sub(started.elapsed())
-                        .min(Duration::from_millis(500)),
-                )
-                .await;
-            }
         }
     }
-    conn.session.cleanup().await;
-    drop(slot);
 }
 
 impl Conn {
