@@ -88,7 +88,12 @@ fn test(args: &[String]) -> Result<()> {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    let env = ensure_services()?;
+    let mut env = ensure_services()?;
+    // Kept alive until the tests finish; killed on drop.
+    let mongo = MongoStandIn::start();
+    if let Some(m) = &mongo {
+        env.push(("ZPS_TEST_MONGO_URL".into(), m.url.clone()));
+    }
     let nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -109,8 +114,75 @@ fn test(args: &[String]) -> Result<()> {
             .args(["test", "--workspace", "--doc"])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
     }
+    drop(mongo);
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The MongoDB wire-compatible stand-in (nx-27017, from PyPI) for the MongoDB
+/// provider's tests: no MongoDB server can be installed on these machines.
+struct MongoStandIn {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for MongoStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MongoStandIn {
+    const VERSION: &'static str = "nx-27017==0.8.1";
+
+    fn start() -> Option<Self> {
+        if let Ok(url) = std::env::var("ZPS_TEST_MONGO_URL") {
+            eprintln!("xtask: using ZPS_TEST_MONGO_URL={url}");
+            return None;
+        }
+        if !root().join("crates/zps-mongo").exists() {
+            return None;
+        }
+        match Self::try_start() {
+            Ok(m) => {
+                eprintln!("xtask: MongoDB stand-in ({}) on {}", Self::VERSION, m.url);
+                Some(m)
+            }
+            Err(e) => {
+                eprintln!("xtask: MongoDB tests will be skipped: no MongoDB stand-in ({e:#})");
+                None
+            }
+        }
+    }
+
+    fn try_start() -> Result<Self> {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+        let venv = PathBuf::from(home).join(".cache/zero-pub-sub/venv-mongo");
+        let bin = venv.join("bin/nx-27017");
+        if !bin.exists() {
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+                .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
+            run(Command::new(venv.join("bin/pip")).args(["install", "-q", Self::VERSION]))
+                .context("pip install nx-27017 failed")?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir", "memory", "--threaded"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start nx-27017")?;
+        let mut stand_in = Self {
+            child,
+            url: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        };
+        if !wait_for(port, Duration::from_secs(20)) {
+            let _ = stand_in.child.kill();
+            bail!("nx-27017 did not listen on port {port}");
+        }
+        Ok(stand_in)
+    }
 }
 
 fn load_test(args: &[String]) -> Result<()> {
