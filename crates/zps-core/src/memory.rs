@@ -198,6 +198,13 @@ impl Transport for MemoryTransport {
         })
     }
 
+    async fn fanout(&self, envelope: Arc<Envelope>) -> Result<()> {
+        self.check_open()?;
+        let room = envelope.room.clone();
+        self.inner.live.send(&room, envelope);
+        Ok(())
+    }
+
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream> {
         self.check_open()?;
         Ok(self

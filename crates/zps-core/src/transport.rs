@@ -212,6 +212,17 @@ pub trait Transport: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Delivers an envelope that another transport numbered and stored to this
+    /// transport's live subscribers (the hybrid provider's fan-out leg). Providers
+    /// without a cross-process live path need not support it.
+    async fn fanout(&self, envelope: Arc<Envelope>) -> Result<()> {
+        let _ = envelope;
+        Err(crate::error::Error::Unsupported {
+            provider: self.name(),
+            what: "fan-out of envelopes stored elsewhere".into(),
+        })
+    }
+
     /// Opens a live stream for these rooms/patterns. Events published after this
     /// returns are delivered; earlier ones are read with [`Transport::replay`].
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream>;
