@@ -4,6 +4,7 @@
 //! the embedded in-memory provider. Every flag is also an environment variable
 //! and a snake_case key of the `--config` TOML file (file < environment < flags).
 
+mod ops;
 mod providers;
 mod settings;
 
@@ -34,6 +35,16 @@ enum Command {
         #[arg(long, env = "ZERO_PUBSUB_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
     },
+    /// Apply the PostgreSQL schema (migrations/*.sql); a no-op when already applied.
+    Migrate(ops::MigrateArgs),
+    /// Delete expired events from the provider.
+    Prune(ops::PruneArgs),
+    /// Publish one event through a shared provider.
+    Publish(ops::PublishArgs),
+    /// Print a room's events as JSON lines (live, or from a sequence) until Ctrl-C.
+    Tail(ops::TailArgs),
+    /// Print one page of a room's history.
+    Replay(ops::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +66,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Gateway(args) => run_gateway(*args).await,
             Command::Health { url } => health(&url).await,
+            Command::Migrate(a) => ops::migrate(a).await,
+            Command::Prune(a) => ops::prune(a).await,
+            Command::Publish(a) => ops::publish(a).await,
+            Command::Tail(a) => ops::tail(a).await,
+            Command::Replay(a) => ops::replay(a).await,
         }
     });
     match result {
@@ -68,7 +84,7 @@ fn main() -> ExitCode {
 
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args)?;
-    let transport = providers::connect(&settings).await?;
+    let transport = providers::connect(&settings.provider).await?;
     let engine = Realtime::builder(transport)
         .default_ttl(settings.default_ttl)
         .build();
@@ -81,7 +97,7 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local: SocketAddr = listener.local_addr().context("cannot read the bound address")?;
     tracing::info!(
-        provider = settings.provider.as_str(),
+        provider = settings.provider.kind.as_str(),
         auth = if settings.jwt_secret.is_some() || settings.jwt_public_key.is_some() {
             "jwt"
         } else {

@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use zps_core::{MemoryConfig, MemoryTransport, Transport};
 
-use crate::settings::{ProviderKind, Settings};
+use crate::settings::{ProviderKind, ProviderSettings};
 
 /// Hides the password of a connection URL for logs and errors.
 pub(crate) fn redact(url: &str) -> String {
@@ -28,9 +28,36 @@ fn required<'a>(value: &'a Option<String>, flag: &str, provider: &str) -> anyhow
     }
 }
 
+/// The PostgreSQL settings for this run.
+pub(crate) fn postgres_config(s: &ProviderSettings) -> zps_postgres::PostgresConfig {
+    zps_postgres::PostgresConfig {
+        schema: s.postgres_schema.clone(),
+        auto_migrate: s.auto_migrate,
+        ..zps_postgres::PostgresConfig::default()
+    }
+}
+
+async fn postgres(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    let t = zps_postgres::PostgresTransport::connect(url, postgres_config(s))
+        .await
+        .with_context(|| format!("cannot use PostgreSQL at {}", redact(url)))?;
+    Ok(Arc::new(t))
+}
+
+async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    match kind {
+        ProviderKind::Postgres => postgres(url, s).await,
+        other => bail!(
+            "the `{}` provider ({}) is not available in this build yet",
+            other.as_str(),
+            redact(url)
+        ),
+    }
+}
+
 /// Connects the configured provider; errors say what is missing or unreachable.
-pub(crate) async fn connect(s: &Settings) -> anyhow::Result<Arc<dyn Transport>> {
-    match s.provider {
+pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    match s.kind {
         ProviderKind::Memory => {
             if let Some(url) = &s.connection {
                 tracing::warn!(connection = %redact(url), "--connection is ignored by the memory provider");
@@ -41,21 +68,31 @@ pub(crate) async fn connect(s: &Settings) -> anyhow::Result<Arc<dyn Transport>> 
             })))
         }
         ProviderKind::Hybrid => {
-            let storage = s.storage_provider.map_or("?", |p| p.as_str());
-            let realtime = s.realtime_provider.map_or("?", |p| p.as_str());
-            required(&s.storage_connection, "--storage-connection", "hybrid")?;
-            required(&s.realtime_connection, "--realtime-connection", "hybrid")?;
-            bail!(
-                "the hybrid provider ({storage} + {realtime}) is not available in this build yet; use --provider memory"
-            )
+            let storage_kind = match s.storage_provider {
+                Some(k @ (ProviderKind::Postgres | ProviderKind::Mongo)) => k,
+                Some(other) => bail!(
+                    "--storage-provider must be postgres or mongo, not {}",
+                    other.as_str()
+                ),
+                None => bail!("--storage-provider is required for the hybrid provider (postgres or mongo)"),
+            };
+            let realtime_kind = match s.realtime_provider {
+                Some(ProviderKind::Redis) | None => ProviderKind::Redis,
+                Some(other) => bail!("--realtime-provider must be redis, not {}", other.as_str()),
+            };
+            let storage_url = required(&s.storage_connection, "--storage-connection", "hybrid")?;
+            let realtime_url = required(&s.realtime_connection, "--realtime-connection", "hybrid")?;
+            let storage = single(storage_kind, storage_url, s).await?;
+            let realtime = single(realtime_kind, realtime_url, s).await?;
+            Ok(Arc::new(zps_hybrid::HybridTransport::new(
+                storage,
+                realtime,
+                zps_hybrid::HybridConfig::default(),
+            )))
         }
-        other => {
-            let url = required(&s.connection, "--connection", other.as_str())?;
-            bail!(
-                "the `{}` provider ({}) is not available in this build yet; use --provider memory",
-                other.as_str(),
-                redact(url)
-            )
+        kind => {
+            let url = required(&s.connection, "--connection", kind.as_str())?;
+            single(kind, url, s).await
         }
     }
 }

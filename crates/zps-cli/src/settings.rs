@@ -38,28 +38,9 @@ impl ProviderKind {
     }
 }
 
-/// Flags of `zero-pub-sub gateway` (each also an environment variable).
-#[derive(Debug, Args, Default)]
-pub(crate) struct GatewayArgs {
-    /// TOML file with the same keys in snake_case (flags and environment win).
-    #[arg(long, env = "ZERO_PUBSUB_CONFIG", value_name = "FILE")]
-    pub(crate) config: Option<PathBuf>,
-
-    /// Interface to listen on [default: 127.0.0.1].
-    #[arg(long, env = "ZERO_PUBSUB_HOST", help_heading = "Server")]
-    pub(crate) host: Option<String>,
-    /// Port to listen on; 0 picks a free one [default: 8080].
-    #[arg(long, env = "PORT", help_heading = "Server")]
-    pub(crate) port: Option<u16>,
-    /// How long a shutdown waits for sockets to close [default: 10000].
-    #[arg(
-        long,
-        env = "ZERO_PUBSUB_DRAIN_TIMEOUT_MS",
-        value_name = "MS",
-        help_heading = "Server"
-    )]
-    pub(crate) drain_timeout_ms: Option<u64>,
-
+/// Which provider to use and how to reach it (shared by every subcommand).
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct ProviderArgs {
     /// Where events are stored and fanned out [default: memory].
     #[arg(long, env = "ZERO_PUBSUB_PROVIDER", value_enum, help_heading = "Provider")]
     pub(crate) provider: Option<ProviderKind>,
@@ -103,6 +84,38 @@ pub(crate) struct GatewayArgs {
         help_heading = "Provider"
     )]
     pub(crate) realtime_connection: Option<String>,
+    /// PostgreSQL: schema holding the tables [default: the connection's search_path].
+    #[arg(long, env = "ZERO_PUBSUB_POSTGRES_SCHEMA", help_heading = "Provider")]
+    pub(crate) postgres_schema: Option<String>,
+    /// Create tables/indexes at start [default: true unless ZPS_ENV=production].
+    #[arg(long, env = "ZERO_PUBSUB_AUTO_MIGRATE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Provider")]
+    pub(crate) auto_migrate: Option<bool>,
+}
+
+/// Flags of `zero-pub-sub gateway` (each also an environment variable).
+#[derive(Debug, Args, Default)]
+pub(crate) struct GatewayArgs {
+    /// TOML file with the same keys in snake_case (flags and environment win).
+    #[arg(long, env = "ZERO_PUBSUB_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Interface to listen on [default: 127.0.0.1].
+    #[arg(long, env = "ZERO_PUBSUB_HOST", help_heading = "Server")]
+    pub(crate) host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8080].
+    #[arg(long, env = "PORT", help_heading = "Server")]
+    pub(crate) port: Option<u16>,
+    /// How long a shutdown waits for sockets to close [default: 10000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_DRAIN_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Server"
+    )]
+    pub(crate) drain_timeout_ms: Option<u64>,
+
+    #[command(flatten)]
+    pub(crate) provider: ProviderArgs,
     /// Time to live of events published without one [default: 86400000 (24 h)].
     #[arg(
         long,
@@ -226,6 +239,8 @@ pub(crate) struct FileSettings {
     storage_connection: Option<String>,
     realtime_provider: Option<ProviderKind>,
     realtime_connection: Option<String>,
+    postgres_schema: Option<String>,
+    auto_migrate: Option<bool>,
     default_ttl_ms: Option<u64>,
     memory_max_events_per_room: Option<usize>,
     max_connections: Option<usize>,
@@ -247,17 +262,11 @@ pub(crate) struct FileSettings {
     allowed_origins: Option<Vec<String>>,
 }
 
-/// Everything resolved.
+/// The resolved provider choice.
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    /// Listen address.
-    pub(crate) host: String,
-    /// Listen port.
-    pub(crate) port: u16,
-    /// Drain bound.
-    pub(crate) drain_timeout: Duration,
+pub(crate) struct ProviderSettings {
     /// Provider.
-    pub(crate) provider: ProviderKind,
+    pub(crate) kind: ProviderKind,
     /// Provider URL.
     pub(crate) connection: Option<String>,
     /// Hybrid storage provider.
@@ -268,10 +277,44 @@ pub(crate) struct Settings {
     pub(crate) realtime_provider: Option<ProviderKind>,
     /// Hybrid realtime URL.
     pub(crate) realtime_connection: Option<String>,
-    /// Default TTL.
-    pub(crate) default_ttl: Duration,
+    /// PostgreSQL schema.
+    pub(crate) postgres_schema: Option<String>,
+    /// Create tables/indexes at start (None = provider default).
+    pub(crate) auto_migrate: Option<bool>,
     /// Memory history bound.
     pub(crate) memory_max_events_per_room: usize,
+}
+
+impl ProviderSettings {
+    /// From flags/environment only (operational subcommands).
+    pub(crate) fn from_args(a: ProviderArgs) -> Self {
+        Self {
+            kind: a.provider.unwrap_or(ProviderKind::Memory),
+            connection: a.connection,
+            storage_provider: a.storage_provider,
+            storage_connection: a.storage_connection,
+            realtime_provider: a.realtime_provider,
+            realtime_connection: a.realtime_connection,
+            postgres_schema: a.postgres_schema,
+            auto_migrate: a.auto_migrate,
+            memory_max_events_per_room: 10_000,
+        }
+    }
+}
+
+/// Everything resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Listen address.
+    pub(crate) host: String,
+    /// Listen port.
+    pub(crate) port: u16,
+    /// Drain bound.
+    pub(crate) drain_timeout: Duration,
+    /// Provider choice and connection.
+    pub(crate) provider: ProviderSettings,
+    /// Default TTL.
+    pub(crate) default_ttl: Duration,
     /// Gateway limits.
     pub(crate) limits: zps_gateway::Limits,
     /// HS256 secret.
@@ -305,6 +348,11 @@ impl Settings {
                 args.$field.or(file.$field)
             };
         }
+        macro_rules! pick_provider {
+            ($field:ident) => {
+                args.provider.$field.clone().or(file.$field.clone())
+            };
+        }
         let defaults = zps_gateway::Limits::default();
         let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
         let limits = zps_gateway::Limits {
@@ -327,14 +375,18 @@ impl Settings {
             host: pick!(host).unwrap_or_else(|| "127.0.0.1".to_owned()),
             port: pick!(port).unwrap_or(8080),
             drain_timeout: ms(pick!(drain_timeout_ms), Duration::from_secs(10)),
-            provider: pick!(provider).unwrap_or(ProviderKind::Memory),
-            connection: pick!(connection),
-            storage_provider: pick!(storage_provider),
-            storage_connection: pick!(storage_connection),
-            realtime_provider: pick!(realtime_provider),
-            realtime_connection: pick!(realtime_connection),
+            provider: ProviderSettings {
+                kind: pick_provider!(provider).unwrap_or(ProviderKind::Memory),
+                connection: pick_provider!(connection),
+                storage_provider: pick_provider!(storage_provider),
+                storage_connection: pick_provider!(storage_connection),
+                realtime_provider: pick_provider!(realtime_provider),
+                realtime_connection: pick_provider!(realtime_connection),
+                postgres_schema: pick_provider!(postgres_schema),
+                auto_migrate: pick_provider!(auto_migrate),
+                memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
+            },
             default_ttl: ms(pick!(default_ttl_ms), zps_core::engine::DEFAULT_TTL),
-            memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
             limits,
             jwt_secret: pick!(jwt_secret),
             jwt_public_key: pick!(jwt_public_key),
@@ -392,13 +444,14 @@ mod tests {
             port: Some(9100),
             ..Default::default()
         };
+        assert!(args.provider.provider.is_none());
         let s = Settings::resolve(args).unwrap();
         assert_eq!(s.port, 9100, "flag wins");
         assert_eq!(s.host, "0.0.0.0", "file fills");
         assert_eq!(s.limits.max_connections, 7);
         assert_eq!(s.scopes, Some(vec!["chat".to_owned()]));
         assert_eq!(s.limits.max_subscriptions, 128, "default");
-        assert_eq!(s.provider, ProviderKind::Memory);
+        assert_eq!(s.provider.kind, ProviderKind::Memory);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -406,7 +459,7 @@ mod tests {
     fn no_arguments_means_localhost_8080_on_memory() {
         let s = Settings::resolve(GatewayArgs::default()).unwrap();
         assert_eq!(
-            (s.host.as_str(), s.port, s.provider),
+            (s.host.as_str(), s.port, s.provider.kind),
             ("127.0.0.1", 8080, ProviderKind::Memory)
         );
         assert!(!s.limits.allow_client_publish);
