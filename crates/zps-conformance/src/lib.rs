@@ -38,6 +38,7 @@ use futures::{Stream, StreamExt};
 use zps_core::{Envelope, Realtime, Room, Subscription, SubscriptionItem, Transport};
 
 pub mod cases;
+pub mod fault;
 
 /// How long any single wait in the suite may take before the case fails.
 pub const WAIT: Duration = Duration::from_secs(30);

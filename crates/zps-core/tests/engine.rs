@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use serde_json::json;
+use zps_conformance::fault::FaultyTransport;
 use zps_conformance::{next_event, seqs, take_events, unique_room};
 use zps_core::middleware::{Action, Context, Next, PayloadSizeMiddleware, TenantMiddleware, from_fn};
-use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::*;
 
 fn req(room: &Room, t: &str) -> PublishRequest {
@@ -318,115 +317,34 @@ async fn a_reader_that_lags_recovers_from_history() {
     assert!(rt.metrics().replayed > 0, "the lagged part came from history");
 }
 
-/// A transport whose live path reorders pairs and loses every 7th event, like a
-/// hybrid deployment whose fanout raced or dropped messages.
-struct Unreliable {
-    inner: MemoryTransport,
-    window: Duration,
-}
-
-#[async_trait]
-impl Transport for Unreliable {
-    fn name(&self) -> &'static str {
-        "unreliable"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            reorder_window: self.window,
-            ..self.inner.capabilities()
-        }
-    }
-    async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
-        self.inner.publish(event).await
-    }
-    async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream> {
-        let live = self.inner.subscribe(patterns).await?;
-        let held: Arc<Mutex<Option<LiveSignal>>> = Arc::default();
-        Ok(live
-            .flat_map(move |signal| {
-                let mut out = Vec::new();
-                if let LiveSignal::Event(e) = &signal {
-                    if e.sequence % 7 == 0 {
-                        return futures::stream::iter(out);
-                    }
-                    let mut held = held.lock();
-                    if e.sequence % 2 == 1 && held.is_none() {
-                        *held = Some(signal);
-                        return futures::stream::iter(out);
-                    }
-                    out.push(signal);
-                    out.extend(held.take());
-                } else {
-                    out.push(signal);
+/// A live path that reorders pairs and loses every 7th event, like a hybrid
+/// deployment whose fanout raced or dropped messages.
+fn unreliable(window: Duration) -> Arc<dyn Transport> {
+    let faulty = FaultyTransport::new(Arc::new(MemoryTransport::default()))
+        .reorder_window(window)
+        .rewrite_live(|| {
+            let mut held: Option<LiveSignal> = None;
+            Box::new(move |signal| {
+                let LiveSignal::Event(e) = &signal else {
+                    return vec![signal];
+                };
+                if e.sequence.is_multiple_of(7) {
+                    return vec![];
                 }
-                futures::stream::iter(out)
+                if e.sequence % 2 == 1 && held.is_none() {
+                    held = Some(signal);
+                    return vec![];
+                }
+                let mut out = vec![signal];
+                out.extend(held.take());
+                out
             })
-            .boxed())
-    }
-    async fn replay(&self, q: &ReplayQuery) -> Result<ReplayPage> {
-        self.inner.replay(q).await
-    }
-    async fn room_info(&self, room: &Room) -> Result<RoomInfo> {
-        self.inner.room_info(room).await
-    }
-    async fn ack(&self, room: &Room, s: &str, seq: u64) -> Result<u64> {
-        self.inner.ack(room, s, seq).await
-    }
-    async fn cursor(&self, room: &Room, s: &str) -> Result<Option<u64>> {
-        self.inner.cursor(room, s).await
-    }
-    async fn put_snapshot(&self, s: Snapshot) -> Result<()> {
-        self.inner.put_snapshot(s).await
-    }
-    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
-        self.inner.get_snapshot(room).await
-    }
-    async fn dlq_write(&self, room: &Room, e: NewDlqEntry) -> Result<DlqEntry> {
-        self.inner.dlq_write(room, e).await
-    }
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        self.inner.dlq_list(room, after, limit).await
-    }
-    async fn dlq_remove(&self, room: &Room, ids: &[u64]) -> Result<u64> {
-        self.inner.dlq_remove(room, ids).await
-    }
-    async fn dlq_len(&self, room: &Room) -> Result<u64> {
-        self.inner.dlq_len(room).await
-    }
-    async fn publish_ephemeral(&self, e: Arc<EphemeralEvent>) -> Result<()> {
-        self.inner.publish_ephemeral(e).await
-    }
-    async fn subscribe_ephemeral(&self, p: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.inner.subscribe_ephemeral(p).await
-    }
-    async fn presence_enter(&self, r: &Room, m: PresenceMember, c: &str, ttl: Duration) -> Result<bool> {
-        self.inner.presence_enter(r, m, c, ttl).await
-    }
-    async fn presence_leave(&self, r: &Room, u: &str, c: &str) -> Result<bool> {
-        self.inner.presence_leave(r, u, c).await
-    }
-    async fn presence_members(&self, r: &Room) -> Result<Vec<PresenceMember>> {
-        self.inner.presence_members(r).await
-    }
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.inner.presence_sweep().await
-    }
-    async fn prune_expired(&self) -> Result<u64> {
-        self.inner.prune_expired().await
-    }
-    async fn health(&self) -> TransportHealth {
-        self.inner.health().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+        });
+    Arc::new(faulty)
 }
 
 async fn unreliable_delivery(window: Duration) {
-    let rt = Realtime::new(Arc::new(Unreliable {
-        inner: MemoryTransport::default(),
-        window,
-    }));
+    let rt = Realtime::new(unreliable(window));
     let chat = unique_room("chat");
     let mut sub = rt
         .subscribe_stream(SubscribeOptions::room(chat.clone()).live_only())

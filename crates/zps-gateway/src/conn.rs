@@ -258,15 +258,22 @@ impl ConnShared {
         }
     }
 
-    /// A room's history was reset while subscribed.
-    pub(crate) fn push_discontinuity(&self, d: &Discontinuity) {
+    /// A room's history was reset while subscribed (directly or through `scope:*`).
+    pub(crate) fn push_discontinuity(&self, d: &Discontinuity, via_wildcard: bool) {
         let mut st = self.state.lock();
-        let Some(sub) = st.exact.get_mut(&d.room) else {
-            return;
-        };
-        // The hub restarts the room at the new epoch's first event.
-        sub.last = d.earliest_sequence.saturating_sub(1);
-        sub.mode = Mode::Live;
+        if via_wildcard {
+            // Pattern subscribers hear about resets of the rooms they receive.
+            if st.exact.contains_key(&d.room) || !st.wild.contains_key(d.room.scope()) {
+                return;
+            }
+        } else {
+            let Some(sub) = st.exact.get_mut(&d.room) else {
+                return;
+            };
+            // The hub restarts the room at the new epoch's first event.
+            sub.last = d.earliest_sequence.saturating_sub(1);
+            sub.mode = Mode::Live;
+        }
         drop(st);
         self.enqueue(control(
             self.kind,
@@ -285,6 +292,14 @@ impl ConnShared {
             return;
         }
         let st = self.state.lock();
+        // An exact subscription of the same room delivers it once.
+        if pattern.is_wildcard()
+            && st
+                .ephemeral
+                .contains_key(&RoomPattern::Exact(frame.event.room.clone()))
+        {
+            return;
+        }
         let Some(types) = st.ephemeral.get(pattern) else {
             return;
         };
@@ -301,5 +316,96 @@ impl ConnShared {
             return;
         }
         self.enqueue(frame.encoded(self.kind, true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zps_core::{DiscontinuityReason, EphemeralEvent, Timestamp};
+
+    fn conn() -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
+        ConnShared::new(1, Arc::from("node-1"), ConnKind::Ws, 1 << 20)
+    }
+
+    fn text(o: Outbound) -> String {
+        match o {
+            Outbound::Ws(t) => t.as_str().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn room(s: &str) -> Room {
+        Room::parse(s).unwrap()
+    }
+
+    #[test]
+    fn wildcard_subscribers_hear_about_resets_once() {
+        let (c, mut rx) = conn();
+        c.state.lock().wild.insert(Arc::from("chat"), None);
+        let d = Discontinuity {
+            room: room("chat:1"),
+            reason: DiscontinuityReason::StreamReset,
+            epoch: "e2".into(),
+            earliest_sequence: 1,
+            requested_from: 9,
+        };
+        c.push_discontinuity(&d, true);
+        let got = text(rx.try_recv().unwrap());
+        assert!(
+            got.contains(r#""type":"discontinuity""#) && got.contains(r#""epoch":"e2""#),
+            "{got}"
+        );
+        // With an exact subscription too, only the exact hub reports it.
+        c.state
+            .lock()
+            .exact
+            .insert(room("chat:1"), RoomSub::catching_up(None, 0));
+        c.push_discontinuity(&d, true);
+        assert!(rx.try_recv().is_err());
+        c.push_discontinuity(&d, false);
+        assert!(rx.try_recv().is_ok());
+        // Another scope hears nothing.
+        c.push_discontinuity(
+            &Discontinuity {
+                room: room("order:1"),
+                ..d
+            },
+            true,
+        );
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_exact_and_a_wildcard_ephemeral_subscription_deliver_once() {
+        let (c, mut rx) = conn();
+        let exact = RoomPattern::parse("chat:1").unwrap();
+        let wild = RoomPattern::parse("chat:*").unwrap();
+        c.state.lock().ephemeral.insert(exact.clone(), None);
+        c.state.lock().ephemeral.insert(wild.clone(), None);
+        let frame = EphemeralFrame::new(Arc::new(EphemeralEvent {
+            event_type: "typing".into(),
+            room: room("chat:1"),
+            payload: zps_core::envelope::null_payload(),
+            emitted_at: Timestamp::now(),
+            metadata: None,
+            origin: None,
+        }));
+        c.push_ephemeral(&frame, &wild);
+        c.push_ephemeral(&frame, &exact);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "delivered twice");
+    }
+
+    #[test]
+    fn a_backlog_over_the_limit_cuts_the_connection() {
+        let (c, _rx) = ConnShared::new(1, Arc::from("n"), ConnKind::Ws, 10);
+        c.enqueue(Outbound::Ws("0123456789".into()));
+        assert!(!c.closing.load(Ordering::Relaxed));
+        c.enqueue(Outbound::Ws("x".into()));
+        assert_eq!(
+            c.close_code.load(Ordering::Relaxed),
+            CloseCode::SlowConsumer.code()
+        );
     }
 }

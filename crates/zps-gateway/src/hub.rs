@@ -139,7 +139,7 @@ async fn start(engine: Realtime, kind: HubKind, pattern: RoomPattern) -> zps_cor
                             let members = members.read();
                             last.store(d.earliest_sequence.saturating_sub(1), Ordering::Release);
                             for m in members.values() {
-                                m.push_discontinuity(&d);
+                                m.push_discontinuity(&d, wild);
                             }
                         }
                     }

@@ -211,6 +211,7 @@ impl Session {
         from: Option<u64>,
         epoch: Option<String>,
         types: Option<Vec<String>>,
+        request_id: Option<String>,
     ) -> Result<(), Failure> {
         self.check_capacity(&target)?;
         self.unsubscribe(&target);
@@ -226,6 +227,7 @@ impl Session {
                     .insert(target.clone(), self.gw.engine.track_listener(target.clone()));
                 let msg = ServerMessage::Subscribed(Subscribed {
                     room: target.to_string(),
+                    request_id,
                     ..Default::default()
                 });
                 pipe.write(control(self.conn.kind, &msg)).await?;
@@ -275,9 +277,18 @@ impl Session {
             recovered,
             reason: reason.map(|r| r.as_str().to_owned()),
             earliest_sequence: reason.map(|_| info.earliest_sequence),
+            start_after: Some(after),
+            request_id,
         });
         pipe.write(control(self.conn.kind, &msg)).await?;
-        self.catch_up(pipe, &room, after, hub_last, start.is_some()).await
+        match self.catch_up(pipe, &room, after, hub_last, start.is_some()).await {
+            Err(Failure::Refused(r)) => {
+                // A half-switched room would stay silent: drop it so the client resubscribes.
+                self.unsubscribe(&target);
+                Err(Failure::Refused(r))
+            }
+            other => other,
+        }
     }
 
     /// Writes history after `last` until it meets the live hub, then goes live.
@@ -384,15 +395,36 @@ impl Session {
         }
     }
 
-    /// Re-reads history for rooms whose live stream showed a hole.
+    /// Re-reads history for rooms whose live stream showed a hole. A room whose
+    /// history cannot be read is dropped (error with its name) so the client resubscribes.
     pub(crate) async fn resync<W: Writer>(&mut self, pipe: &mut Pipe<W>) -> Result<(), Failure> {
         for room in self.conn.take_resync() {
             let last = self.conn.state.lock().exact.get(&room).map(|s| s.last);
             if let Some(last) = last {
-                self.catch_up(pipe, &room, last, 0, true).await?;
+                match self.catch_up(pipe, &room, last, 0, true).await {
+                    Ok(()) => {}
+                    Err(Failure::Disconnected) => return Err(Failure::Disconnected),
+                    Err(Failure::Refused(r)) => {
+                        self.unsubscribe(&RoomPattern::Exact(room.clone()));
+                        let msg = r.in_room(room.as_str()).to_message();
+                        pipe.write(control(self.conn.kind, &msg)).await?;
+                        pipe.flush().await?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Stops watching a room's presence.
+    pub(crate) fn unwatch_presence(&mut self, room: &Room) -> bool {
+        let existed = self.conn.state.lock().presence.remove(room);
+        if existed {
+            self.gw
+                .hubs
+                .leave(HubKind::Presence, &RoomPattern::Exact(room.clone()), self.conn.id);
+        }
+        existed
     }
 
     /// Removes a room or pattern subscription; returns whether it existed.

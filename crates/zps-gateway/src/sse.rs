@@ -225,6 +225,7 @@ async fn run(
                     from,
                     params.epoch.clone(),
                     params.event_types.clone(),
+                    None,
                 )
                 .await
             {

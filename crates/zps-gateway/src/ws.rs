@@ -414,6 +414,7 @@ impl Conn {
             ClientMessage::PresenceEnter(p) => self.presence_enter(p).await,
             ClientMessage::PresenceLeave(r) => self.presence_leave(r).await,
             ClientMessage::PresenceSubscribe(r) => self.presence_subscribe(r).await,
+            ClientMessage::PresenceUnsubscribe(r) => self.presence_unsubscribe(r).await,
             ClientMessage::SnapshotRequest(r) => {
                 let request_id = r.request_id.clone();
                 self.snapshot(r).await.map_err(|f| with_request(f, request_id))
@@ -504,14 +505,24 @@ impl Conn {
                     .and_then(|e| e.get(&raw).cloned())
                     .or_else(|| s.epoch.clone());
                 self.session
-                    .subscribe(&mut self.pipe, target, from, epoch, s.event_types.clone())
+                    .subscribe(
+                        &mut self.pipe,
+                        target,
+                        from,
+                        epoch,
+                        s.event_types.clone(),
+                        s.request_id.clone(),
+                    )
                     .await
             }
             .await;
             match outcome {
                 Ok(()) => {}
                 Err(Failure::Disconnected) => return Err(Failure::Disconnected),
-                Err(Failure::Refused(r)) => self.reply(r.in_room(&raw).to_message()).await?,
+                Err(Failure::Refused(r)) => {
+                    let r = r.in_room(&raw).with_request(s.request_id.clone());
+                    self.reply(r.to_message()).await?
+                }
             }
         }
         Ok(())
@@ -722,6 +733,16 @@ impl Conn {
             .await?;
         let state = self.session.watch_presence(&room).await?;
         self.reply(state).await?;
+        Ok(())
+    }
+
+    async fn presence_unsubscribe(&mut self, r: zps_protocol::RoomRef) -> Result<(), Failure> {
+        let room = self.session.room(&r.room)?;
+        if !self.session.unwatch_presence(&room) {
+            let why = format!("not watching presence of {}", r.room);
+            return Err(Refusal::new(ErrorCode::NotSubscribed, why).into());
+        }
+        self.reply(ServerMessage::Unsubscribed { room: r.room }).await?;
         Ok(())
     }
 

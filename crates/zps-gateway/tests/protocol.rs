@@ -464,3 +464,73 @@ async fn shutdown_drains_with_1012_and_refuses_new_connections() {
     let health = gw.gateway.health().await;
     assert_eq!(health.status, "draining");
 }
+
+#[tokio::test]
+async fn a_failed_history_read_drops_the_room_so_the_client_can_resubscribe() {
+    use std::sync::Arc;
+    let faulty = Arc::new(zps_conformance::fault::FaultyTransport::new(Arc::new(
+        zps_core::MemoryTransport::default(),
+    )));
+    let engine = zps_core::Realtime::new(faulty.clone());
+    for _ in 0..3 {
+        engine.publish(publish("chat:1", "t", json!({}))).await.unwrap();
+    }
+    let gw = TestGateway::start_with(engine, GatewayConfig::default()).await;
+    let mut c = gw.ready("d").await;
+    faulty.fail_next_replays(1);
+    c.send(json!({"type": "subscribe", "room": "chat:1", "fromSequence": 0, "requestId": "s1"}))
+        .await;
+    let sub = c.recv_type("subscribed").await;
+    assert_eq!(
+        (sub["startAfter"].as_u64(), sub["requestId"].as_str()),
+        (Some(0), Some("s1"))
+    );
+    let e = c.expect_error("4503").await;
+    assert_eq!(e["room"], "chat:1");
+    assert_eq!(e["requestId"], "s1");
+    // The room was dropped, not left half-subscribed.
+    c.send(json!({"type": "unsubscribe", "room": "chat:1"})).await;
+    c.expect_error("4404").await;
+    c.send(json!({"type": "subscribe", "room": "chat:1", "fromSequence": 0}))
+        .await;
+    c.recv_type("subscribed").await;
+    assert_eq!(seqs(&c.events(3).await), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn subscribed_says_where_delivery_starts_and_presence_can_be_unwatched() {
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    for _ in 0..9 {
+        gw.engine()
+            .publish(publish("chat:1", "t", json!({})))
+            .await
+            .unwrap();
+    }
+    gw.engine()
+        .ack(&zps_core::Room::parse("chat:1").unwrap(), 5, "d")
+        .await
+        .unwrap();
+    let mut c = gw.ready("d").await;
+    let sub = c.subscribe("chat:1").await;
+    assert_eq!(
+        (sub["startAfter"].as_u64(), sub["lastSequence"].as_u64()),
+        (Some(5), Some(9))
+    );
+    assert_eq!(seqs(&c.events(4).await), vec![6, 7, 8, 9]);
+    let mut live = gw.ready("other").await;
+    assert_eq!(live.subscribe("chat:1").await["startAfter"], 9);
+
+    c.send(json!({"type": "presence_subscribe", "room": "chat:1"}))
+        .await;
+    c.recv_type("presence_state").await;
+    c.send(json!({"type": "presence_unsubscribe", "room": "chat:1"}))
+        .await;
+    assert_eq!(c.recv_type("unsubscribed").await["room"], "chat:1");
+    let mut a = gw.ready("alice").await;
+    a.send(json!({"type": "presence_enter", "room": "chat:1"})).await;
+    a.recv_type("presence_state").await;
+    c.assert_silent(Duration::from_millis(200)).await;
+    c.send(json!({"type": "presence_unsubscribe", "room": "chat:1"}))
+        .await;
+    c.expect_error("4404").await;
+}

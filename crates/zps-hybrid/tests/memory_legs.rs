@@ -5,13 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
+use zps_conformance::fault::FaultyTransport;
 use zps_conformance::{Factory, Fixture, seqs, take_events, unique_room};
-use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::*;
 use zps_hybrid::{HybridConfig, HybridTransport};
 
@@ -47,112 +46,32 @@ impl Factory for Memory {
 zps_conformance::conformance_suite!(Memory);
 
 /// A fan-out leg that loses every 5th message and swaps neighbours.
-struct Lossy {
-    inner: MemoryTransport,
-    sent: AtomicU64,
-    held: parking_lot::Mutex<Option<Arc<Envelope>>>,
-}
-
-#[async_trait]
-impl Transport for Lossy {
-    fn name(&self) -> &'static str {
-        "lossy"
-    }
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cross_process: true,
-            ..self.inner.capabilities()
-        }
-    }
-    async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
-        self.inner.publish(event).await
-    }
-    async fn fanout(&self, envelope: Arc<Envelope>) -> Result<()> {
-        let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        if n.is_multiple_of(5) {
-            return Ok(());
-        }
-        let held = self.held.lock().take();
-        match held {
-            None if n.is_multiple_of(3) => *self.held.lock() = Some(envelope),
-            None => self.inner.fanout(envelope).await?,
-            Some(earlier) => {
-                self.inner.fanout(envelope).await?;
-                self.inner.fanout(earlier).await?;
+fn lossy_bus() -> Arc<dyn Transport> {
+    let mut n = 0u64;
+    let mut held: Option<Arc<Envelope>> = None;
+    let bus = FaultyTransport::new(Arc::new(MemoryTransport::default()))
+        .cross_process(true)
+        .rewrite_fanout(move |e| {
+            n += 1;
+            if n.is_multiple_of(5) {
+                return vec![];
             }
-        }
-        Ok(())
-    }
-    async fn subscribe(&self, p: &[RoomPattern]) -> Result<LiveStream> {
-        self.inner.subscribe(p).await
-    }
-    async fn replay(&self, q: &ReplayQuery) -> Result<ReplayPage> {
-        self.inner.replay(q).await
-    }
-    async fn room_info(&self, r: &Room) -> Result<RoomInfo> {
-        self.inner.room_info(r).await
-    }
-    async fn ack(&self, r: &Room, s: &str, q: u64) -> Result<u64> {
-        self.inner.ack(r, s, q).await
-    }
-    async fn cursor(&self, r: &Room, s: &str) -> Result<Option<u64>> {
-        self.inner.cursor(r, s).await
-    }
-    async fn put_snapshot(&self, s: Snapshot) -> Result<()> {
-        self.inner.put_snapshot(s).await
-    }
-    async fn get_snapshot(&self, r: &Room) -> Result<Option<Snapshot>> {
-        self.inner.get_snapshot(r).await
-    }
-    async fn dlq_write(&self, r: &Room, e: NewDlqEntry) -> Result<DlqEntry> {
-        self.inner.dlq_write(r, e).await
-    }
-    async fn dlq_list(&self, r: &Room, a: u64, l: usize) -> Result<Vec<DlqEntry>> {
-        self.inner.dlq_list(r, a, l).await
-    }
-    async fn dlq_remove(&self, r: &Room, i: &[u64]) -> Result<u64> {
-        self.inner.dlq_remove(r, i).await
-    }
-    async fn dlq_len(&self, r: &Room) -> Result<u64> {
-        self.inner.dlq_len(r).await
-    }
-    async fn publish_ephemeral(&self, e: Arc<EphemeralEvent>) -> Result<()> {
-        self.inner.publish_ephemeral(e).await
-    }
-    async fn subscribe_ephemeral(&self, p: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.inner.subscribe_ephemeral(p).await
-    }
-    async fn presence_enter(&self, r: &Room, m: PresenceMember, c: &str, t: Duration) -> Result<bool> {
-        self.inner.presence_enter(r, m, c, t).await
-    }
-    async fn presence_leave(&self, r: &Room, u: &str, c: &str) -> Result<bool> {
-        self.inner.presence_leave(r, u, c).await
-    }
-    async fn presence_members(&self, r: &Room) -> Result<Vec<PresenceMember>> {
-        self.inner.presence_members(r).await
-    }
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.inner.presence_sweep().await
-    }
-    async fn prune_expired(&self) -> Result<u64> {
-        self.inner.prune_expired().await
-    }
-    async fn health(&self) -> TransportHealth {
-        self.inner.health().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+            match held.take() {
+                None if n.is_multiple_of(3) => {
+                    held = Some(e);
+                    vec![]
+                }
+                None => vec![e],
+                Some(earlier) => vec![e, earlier],
+            }
+        });
+    Arc::new(bus)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_and_reordered_fanout_is_repaired_from_storage() {
     let storage = MemoryTransport::default();
-    let bus = Arc::new(Lossy {
-        inner: MemoryTransport::default(),
-        sent: AtomicU64::new(0),
-        held: parking_lot::Mutex::new(None),
-    });
+    let bus = lossy_bus();
     let config = HybridConfig {
         reorder_window: Duration::from_millis(20),
         resync_interval: Some(Duration::from_millis(200)),

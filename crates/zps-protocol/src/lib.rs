@@ -52,6 +52,8 @@ pub enum ClientMessage {
     PresenceLeave(RoomRef),
     /// Receive a room's member list and changes without entering.
     PresenceSubscribe(RoomRef),
+    /// Stop receiving a room's presence changes.
+    PresenceUnsubscribe(RoomRef),
     /// The room's latest snapshot.
     SnapshotRequest(RoomRef),
     /// Replace the connection's token before it expires.
@@ -96,6 +98,9 @@ pub struct Subscribe {
     /// Per-room epochs for multi-room resumes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<HashMap<String, String>>,
+    /// Echoed in each `subscribed` and in errors about this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `unsubscribe` / `unsubscribe_ephemeral`.
@@ -287,6 +292,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, String> {
         "presence_enter" => parse_as(text).map(ClientMessage::PresenceEnter),
         "presence_leave" => parse_as(text).map(ClientMessage::PresenceLeave),
         "presence_subscribe" => parse_as(text).map(ClientMessage::PresenceSubscribe),
+        "presence_unsubscribe" => parse_as(text).map(ClientMessage::PresenceUnsubscribe),
         "snapshot_request" => parse_as(text).map(ClientMessage::SnapshotRequest),
         "refresh_token" => parse_as(text).map(ClientMessage::RefreshToken),
         "ping" => parse_as(text).map(ClientMessage::Ping),
@@ -418,6 +424,12 @@ pub struct Subscribed {
     /// When not recovered: the oldest sequence still available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earliest_sequence: Option<u64>,
+    /// Delivery starts after this sequence (exact rooms): the first event is `startAfter + 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_after: Option<u64>,
+    /// Echo of the subscribe's request id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `replay`.
