@@ -168,7 +168,15 @@ impl MongoStandIn {
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir", "memory", "--threaded"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--data-dir",
+                "memory",
+                "--threaded",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -119,6 +119,19 @@ impl<T: Clone + Send + 'static> LocalFanout<T> {
         stream::select_all(streams).boxed()
     }
 
+    /// Like [`LocalFanout::subscribe`] for best-effort traffic (ephemeral events):
+    /// a lagging reader silently skips what it missed.
+    pub fn subscribe_lossy(&self, patterns: &[RoomPattern]) -> BoxStream<'static, T> {
+        self.subscribe(patterns)
+            .filter_map(|item| async move {
+                match item {
+                    FanoutItem::Item(e) => Some(e),
+                    FanoutItem::Lagged(_) => None,
+                }
+            })
+            .boxed()
+    }
+
     /// Ends every stream and refuses new subscriptions.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);

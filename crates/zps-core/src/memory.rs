@@ -364,18 +364,7 @@ impl Transport for MemoryTransport {
 
     async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
         self.check_open()?;
-        Ok(self
-            .inner
-            .ephemeral
-            .subscribe(patterns)
-            .filter_map(|item| async move {
-                match item {
-                    FanoutItem::Item(e) => Some(e),
-                    // Ephemeral events are best-effort by definition: a lagging reader skips.
-                    FanoutItem::Lagged(_) => None,
-                }
-            })
-            .boxed())
+        Ok(self.inner.ephemeral.subscribe_lossy(patterns))
     }
 
     async fn presence_enter(

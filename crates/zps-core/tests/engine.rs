@@ -320,7 +320,12 @@ async fn a_reader_that_lags_recovers_from_history() {
 /// A live path that reorders pairs and loses every 7th event, like a hybrid
 /// deployment whose fanout raced or dropped messages.
 fn unreliable(window: Duration) -> Arc<dyn Transport> {
-    let faulty = FaultyTransport::new(Arc::new(MemoryTransport::default()))
+    // Room for the whole burst: lag recovery must not hide the gap-repair path.
+    let memory = MemoryTransport::new(MemoryConfig {
+        channel_capacity: 4096,
+        ..MemoryConfig::default()
+    });
+    let faulty = FaultyTransport::new(Arc::new(memory))
         .reorder_window(window)
         .rewrite_live(|| {
             let mut held: Option<LiveSignal> = None;

@@ -508,6 +508,21 @@ impl Session {
             .map_err(|e| Refusal::engine(&e))
     }
 
+    /// The room's current members, as a `presence_state` answer.
+    pub(crate) async fn presence_state(&self, room: &Room) -> Result<ServerMessage, Refusal> {
+        let members = self
+            .gw
+            .engine
+            .presence(room.clone())
+            .members()
+            .await
+            .map_err(|e| Refusal::engine(&e))?;
+        Ok(ServerMessage::PresenceState {
+            room: room.to_string(),
+            members,
+        })
+    }
+
     /// Starts receiving a room's presence changes; answers with the member list.
     pub(crate) async fn watch_presence(&mut self, room: &Room) -> Result<ServerMessage, Refusal> {
         let target = RoomPattern::Exact(room.clone());
@@ -527,17 +542,7 @@ impl Session {
             self.conn.state.lock().presence.remove(room);
             return Err(Refusal::engine(&e));
         }
-        let members = self
-            .gw
-            .engine
-            .presence(room.clone())
-            .members()
-            .await
-            .map_err(|e| Refusal::engine(&e))?;
-        Ok(ServerMessage::PresenceState {
-            room: room.to_string(),
-            members,
-        })
+        self.presence_state(room).await
     }
 
     /// Enters a room's presence (and watches it).
@@ -546,7 +551,7 @@ impl Session {
         room: &Room,
         metadata: Option<Metadata>,
     ) -> Result<ServerMessage, Refusal> {
-        let state = self.watch_presence(room).await?;
+        self.watch_presence(room).await?;
         self.gw
             .engine
             .presence(room.clone())
@@ -555,19 +560,7 @@ impl Session {
             .map_err(|e| Refusal::engine(&e))?;
         self.entered.insert(room.clone());
         // The list now includes this user.
-        match state {
-            ServerMessage::PresenceState { room: r, .. } => Ok(ServerMessage::PresenceState {
-                room: r,
-                members: self
-                    .gw
-                    .engine
-                    .presence(room.clone())
-                    .members()
-                    .await
-                    .map_err(|e| Refusal::engine(&e))?,
-            }),
-            other => Ok(other),
-        }
+        self.presence_state(room).await
     }
 
     /// Leaves a room's presence.

@@ -710,19 +710,8 @@ impl Conn {
     async fn presence_leave(&mut self, r: zps_protocol::RoomRef) -> Result<(), Failure> {
         let room = self.session.room(&r.room)?;
         self.session.presence_leave(&room).await?;
-        let members = self
-            .session
-            .gw
-            .engine
-            .presence(room.clone())
-            .members()
-            .await
-            .map_err(|e| Refusal::engine(&e))?;
-        self.reply(ServerMessage::PresenceState {
-            room: r.room,
-            members,
-        })
-        .await?;
+        let state = self.session.presence_state(&room).await?;
+        self.reply(state).await?;
         Ok(())
     }
 

@@ -49,7 +49,12 @@ zps_conformance::conformance_suite!(Memory);
 fn lossy_bus() -> Arc<dyn Transport> {
     let mut n = 0u64;
     let mut held: Option<Arc<Envelope>> = None;
-    let bus = FaultyTransport::new(Arc::new(MemoryTransport::default()))
+    // Room for the whole burst: lag recovery must not hide the gap-repair path.
+    let memory = MemoryTransport::new(MemoryConfig {
+        channel_capacity: 4096,
+        ..MemoryConfig::default()
+    });
+    let bus = FaultyTransport::new(Arc::new(memory))
         .cross_process(true)
         .rewrite_fanout(move |e| {
             n += 1;

@@ -686,19 +686,7 @@ impl Transport for PostgresTransport {
 
     async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> zps_core::Result<EphemeralStream> {
         self.check_open()?;
-        Ok(self
-            .inner
-            .shared
-            .ephemeral
-            .subscribe(patterns)
-            .filter_map(|item| async move {
-                match item {
-                    FanoutItem::Item(e) => Some(e),
-                    // Ephemeral events are best-effort: a lagging reader skips.
-                    FanoutItem::Lagged(_) => None,
-                }
-            })
-            .boxed())
+        Ok(self.inner.shared.ephemeral.subscribe_lossy(patterns))
     }
 
     async fn presence_enter(

@@ -171,20 +171,17 @@ pub(crate) async fn dlq_write(inner: &Arc<Inner>, room: &Room, entry: NewDlqEntr
         .with_subscriber(entry.subscriber_id.clone());
     ctx.envelope = Some(Arc::new(entry.event.clone()));
     ctx.error = Some(entry.error.clone());
-    let slot = Arc::new(Mutex::new(None));
-    let out = slot.clone();
-    inner
-        .run(ctx, move |ctx| async move {
+    let (_, stored) = inner
+        .call(ctx, move |ctx| async move {
             let Some(room) = &ctx.room else {
                 return Err(Error::Rejected("middleware removed the room".into()));
             };
-            *out.lock() = Some(transport.dlq_write(room, entry).await?);
-            Ok(ctx)
+            let stored = transport.dlq_write(room, entry).await?;
+            Ok((ctx, stored))
         })
         .await?;
     inner.metrics.dlq_delta(1);
-    let stored = slot.lock().take();
-    stored.ok_or_else(|| Error::Rejected("middleware skipped the dead-letter write".into()))
+    Ok(stored)
 }
 
 impl Realtime {

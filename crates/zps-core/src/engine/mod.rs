@@ -245,6 +245,30 @@ impl Inner {
         }
     }
 
+    /// Runs `core` through the middleware chain and returns its output with the
+    /// final context; a middleware that never called `next` yields `Rejected`.
+    pub(crate) async fn call<T, F, Fut>(&self, ctx: Context, core: F) -> Result<(Context, T)>
+    where
+        T: Send + 'static,
+        F: FnOnce(Context) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(Context, T)>> + Send + 'static,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        let action = ctx.action;
+        let ctx = self
+            .run(ctx, move |ctx| async move {
+                let (ctx, value) = core(ctx).await?;
+                *out.lock() = Some(value);
+                Ok(ctx)
+            })
+            .await?;
+        let value = slot.lock().take();
+        let value =
+            value.ok_or_else(|| Error::Rejected(format!("middleware skipped the {action} operation")))?;
+        Ok((ctx, value))
+    }
+
     /// Runs `core` through the middleware chain (or directly when there is none).
     pub(crate) async fn run<F, Fut>(&self, ctx: Context, core: F) -> Result<Context>
     where
@@ -333,30 +357,23 @@ impl Realtime {
         let transport = self.inner.transport.clone();
         let mut ctx = Context::new(Action::Publish).with_room(event.room.clone());
         ctx.event = Some(event);
-        let slot = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        let ctx = self
+        let (ctx, outcome) = self
             .inner
-            .run(ctx, move |mut ctx| async move {
+            .call(ctx, move |mut ctx| async move {
                 let event = ctx
                     .event
                     .take()
                     .ok_or_else(|| Error::Rejected("middleware removed the event".into()))?;
                 let outcome = transport.publish(event).await?;
                 ctx.envelope = Some(outcome.envelope.clone());
-                *out.lock() = Some(outcome);
-                Ok(ctx)
+                Ok((ctx, outcome))
             })
             .await?;
-        let outcome = slot.lock().take();
-        match (outcome, ctx.envelope) {
-            (Some(o), Some(envelope)) => Ok(PublishOutcome {
-                envelope,
-                duplicate: o.duplicate,
-            }),
-            (Some(o), None) => Ok(o),
-            (None, _) => Err(Error::Rejected("middleware skipped the publish".into())),
-        }
+        // A middleware may replace the envelope it reports (e.g. redact it for callers).
+        Ok(PublishOutcome {
+            envelope: ctx.envelope.unwrap_or(outcome.envelope),
+            duplicate: outcome.duplicate,
+        })
     }
 
     /// Publishes the same event to several rooms (one envelope per room).
@@ -387,21 +404,18 @@ impl Realtime {
         let metrics = self.inner.metrics.clone();
         let mut ctx = Context::new(Action::Replay).with_room(query.room.clone());
         ctx.sequence = Some(query.from_sequence);
-        let slot = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        self.inner
-            .run(ctx, move |mut ctx| async move {
+        let (_, page) = self
+            .inner
+            .call(ctx, move |mut ctx| async move {
                 let started = std::time::Instant::now();
                 let page = transport.replay(&query).await?;
                 metrics.replay_latency(started.elapsed());
                 metrics.replayed(page.events.len() as u64);
                 ctx.count = Some(page.events.len());
-                *out.lock() = Some(page);
-                Ok(ctx)
+                Ok((ctx, page))
             })
             .await?;
-        let page = slot.lock().take();
-        page.ok_or_else(|| Error::Rejected("middleware skipped the replay".into()))
+        Ok(page)
     }
 
     /// The room's epoch and retained range.
@@ -501,22 +515,19 @@ impl Realtime {
     pub async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
         self.inner.check_open()?;
         let transport = self.inner.transport.clone();
-        let slot = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        self.inner
-            .run(
-                Context::new(Action::GetSnapshot).with_room(room.clone()),
-                move |ctx| async move {
-                    let Some(room) = &ctx.room else {
-                        return Err(Error::Rejected("middleware removed the room".into()));
-                    };
-                    *out.lock() = transport.get_snapshot(room).await?;
-                    Ok(ctx)
-                },
-            )
+        let ctx = Context::new(Action::GetSnapshot).with_room(room.clone());
+        let (_, snapshot) = self
+            .inner
+            .call(ctx, move |ctx| async move {
+                let Some(room) = &ctx.room else {
+                    return Err(Error::Rejected("middleware removed the room".into()));
+                };
+                let snapshot = transport.get_snapshot(room).await?;
+                Ok((ctx, snapshot))
+            })
             .await?;
         self.inner.metrics.snapshot_used();
-        Ok(slot.lock().take())
+        Ok(snapshot)
     }
 
     /// The dead-letter queue of `room`.

@@ -60,25 +60,24 @@ impl Presence {
             metadata,
             last_seen_at: Timestamp::now(),
         };
-        let transport = inner.transport.clone();
-        let ttl = inner.config.presence_ttl;
-        let conn = connection.to_owned();
-        let slot = Arc::new(parking_lot::Mutex::new(false));
-        let out = slot.clone();
         let announce = member.clone();
+        let (transport, ttl, conn) = (
+            inner.transport.clone(),
+            inner.config.presence_ttl,
+            connection.to_owned(),
+        );
         let ctx = Context::new(Action::PresenceEnter)
             .with_room(self.room.clone())
             .with_subscriber(Some(user_id.to_owned()));
-        inner
-            .run(ctx, move |ctx| async move {
+        let (_, joined) = inner
+            .call(ctx, move |ctx| async move {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                *out.lock() = transport.presence_enter(room, member, &conn, ttl).await?;
-                Ok(ctx)
+                let joined = transport.presence_enter(room, member, &conn, ttl).await?;
+                Ok((ctx, joined))
             })
             .await?;
-        let joined = *slot.lock();
         if joined {
             announce_change(&self.engine, &self.room, PRESENCE_JOINED, &announce).await;
         }
@@ -89,23 +88,19 @@ impl Presence {
     pub async fn leave(&self, user_id: &str, connection: &str) -> Result<bool> {
         let inner = &self.engine.inner;
         inner.check_open()?;
-        let transport = inner.transport.clone();
-        let (user, conn) = (user_id.to_owned(), connection.to_owned());
-        let slot = Arc::new(parking_lot::Mutex::new(false));
-        let out = slot.clone();
+        let (transport, user, conn) = (inner.transport.clone(), user_id.to_owned(), connection.to_owned());
         let ctx = Context::new(Action::PresenceLeave)
             .with_room(self.room.clone())
             .with_subscriber(Some(user_id.to_owned()));
-        inner
-            .run(ctx, move |ctx| async move {
+        let (_, left) = inner
+            .call(ctx, move |ctx| async move {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                *out.lock() = transport.presence_leave(room, &user, &conn).await?;
-                Ok(ctx)
+                let left = transport.presence_leave(room, &user, &conn).await?;
+                Ok((ctx, left))
             })
             .await?;
-        let left = *slot.lock();
         if left {
             announce_left(&self.engine, &self.room, user_id).await;
         }
