@@ -61,6 +61,18 @@ impl<T: Sequenced> SequenceTracker<T> {
         self.pending.len()
     }
 
+    /// The fast path of an in-order stream: when nothing is buffered and `item` is
+    /// exactly the next one, take it (the cursor advances) and hand it back for
+    /// delivery; otherwise give it back untouched for [`SequenceTracker::offer`].
+    pub fn take_next(&mut self, item: T) -> Result<T, T> {
+        if self.pending.is_empty() && item.sequence() == self.next {
+            self.next += 1;
+            Ok(item)
+        } else {
+            Err(item)
+        }
+    }
+
     /// Offers an item from any source (live, replay, gap fill).
     pub fn offer(&mut self, item: T) -> Offer {
         let seq = item.sequence();
@@ -138,6 +150,19 @@ mod tests {
         assert_eq!(t.offer(Item(2)), Offer::Accepted);
         assert_eq!(drain(&mut t), vec![1, 2]);
         assert_eq!(t.last_delivered(), 2);
+    }
+
+    #[test]
+    fn take_next_is_only_for_the_exact_next_item() {
+        let mut t = SequenceTracker::new(3, 8);
+        assert_eq!(t.take_next(Item(4)), Ok(Item(4)));
+        assert_eq!(t.take_next(Item(4)), Err(Item(4)), "already delivered");
+        assert_eq!(t.take_next(Item(6)), Err(Item(6)), "ahead of the cursor");
+        t.offer(Item(7));
+        assert_eq!(t.take_next(Item(5)), Err(Item(5)), "something is buffered");
+        assert_eq!(t.offer(Item(5)), Offer::Accepted);
+        assert_eq!(drain(&mut t), vec![5]);
+        assert_eq!(t.last_delivered(), 5);
     }
 
     #[test]

@@ -133,7 +133,7 @@ async fn start(engine: Realtime, kind: HubKind, pattern: RoomPattern) -> zps_cor
                             for m in members.values() {
                                 m.push_event(&frame, wild);
                             }
-                            metrics::counter!("zps_gateway_fanouts_total").increment(1);
+                            crate::hot::hot().fanouts.increment(1);
                         }
                         SubscriptionItem::Discontinuity(d) => {
                             let members = members.read();

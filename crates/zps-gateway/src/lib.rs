@@ -23,6 +23,7 @@ mod config;
 mod conn;
 mod frames;
 mod http;
+mod hot;
 mod hub;
 mod pipe;
 mod replay;

@@ -99,7 +99,7 @@ pub(crate) struct Pipe<W> {
 impl<W: Writer> Pipe<W> {
     /// Writes an item directly (not through the queue).
     pub(crate) async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
-        metrics::counter!("zps_gateway_frames_sent_total").increment(1);
+        crate::hot::hot().frames_sent.increment(1);
         self.writer.write(out).await
     }
 

@@ -335,7 +335,7 @@ impl Conn {
         if let Some(next) = self.rate_limit().await? {
             return Ok(next);
         }
-        metrics::counter!("zps_gateway_messages_received_total").increment(1);
+        crate::hot::hot().messages_received.increment(1);
         let parsed = match parse_client(text.as_str()) {
             Ok(m) => m,
             Err(e) => {

@@ -357,6 +357,32 @@ impl Driver {
         let Some(state) = self.rooms.get_mut(&room) else {
             return;
         };
+        if !state.catching_up {
+            // The common case: the next event, nothing buffered.
+            match state.tracker.take_next(e) {
+                Ok(e) => {
+                    if self
+                        .types
+                        .as_deref()
+                        .is_none_or(|t| t.iter().any(|t| *t == e.event_type))
+                    {
+                        self.ready.push_back(Ready {
+                            item: SubscriptionItem::Event(e),
+                            from_history: false,
+                        });
+                    }
+                    return;
+                }
+                Err(e) => return self.offer_out_of_order(room, e),
+            }
+        }
+        self.offer_out_of_order(room, e);
+    }
+
+    fn offer_out_of_order(&mut self, room: Room, e: Arc<Envelope>) {
+        let Some(state) = self.rooms.get_mut(&room) else {
+            return;
+        };
         match state.tracker.offer(e) {
             Offer::Duplicate => self.metrics.duplicates_dropped(1),
             Offer::Accepted => {}
