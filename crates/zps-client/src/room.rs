@@ -704,6 +704,7 @@ mod tests {
                 recovered: Some(false),
                 reason: Some("stream_reset".into()),
                 earliest_sequence: Some(1),
+                ..Default::default()
             },
             now,
             &tune(),
