@@ -29,6 +29,7 @@ pub struct FaultyTransport {
     fanout: Option<FanoutRewrite>,
     reorder_window: Option<Duration>,
     cross_process: Option<bool>,
+    history: Option<bool>,
     failing_replays: AtomicU32,
 }
 
@@ -41,6 +42,7 @@ impl FaultyTransport {
             fanout: None,
             reorder_window: None,
             cross_process: None,
+            history: None,
             failing_replays: AtomicU32::new(0),
         }
     }
@@ -72,6 +74,12 @@ impl FaultyTransport {
         self
     }
 
+    /// Declares whether history is kept (a fan-out-only provider says no).
+    pub fn history(mut self, yes: bool) -> Self {
+        self.history = Some(yes);
+        self
+    }
+
     /// Makes the next `n` history reads fail with an "unavailable" transport error.
     pub fn fail_next_replays(&self, n: u32) {
         self.failing_replays.store(n, Ordering::SeqCst);
@@ -90,6 +98,9 @@ impl Transport for FaultyTransport {
         }
         if let Some(x) = self.cross_process {
             c.cross_process = x;
+        }
+        if let Some(h) = self.history {
+            c.history = h;
         }
         c
     }

@@ -492,3 +492,45 @@ async fn presence_times_out_silent_connections() {
     }
     assert_eq!(left.as_deref(), Some("silent"));
 }
+
+#[tokio::test]
+async fn without_history_a_lost_event_is_reported_not_waited_for() {
+    // Loses sequence 3 on the live path of a provider that keeps no history.
+    let faulty = FaultyTransport::new(Arc::new(MemoryTransport::default()))
+        .history(false)
+        .rewrite_live(|| {
+            Box::new(|signal| match &signal {
+                LiveSignal::Event(e) if e.sequence == 3 => vec![],
+                _ => vec![signal],
+            })
+        });
+    let rt = Realtime::new(Arc::new(faulty));
+    let chat = unique_room("chat");
+    rt.publish(req(&chat, "t")).await.unwrap();
+    // A resume cannot be served without history: it is reported, and the
+    // subscription goes live instead of retrying forever.
+    let mut sub = rt
+        .subscribe_stream(SubscribeOptions::room(chat.clone()).from_sequence(0))
+        .await
+        .unwrap();
+    assert_eq!(sub.starts()[0].recovered, Some(false));
+    assert!(matches!(
+        sub.next().await,
+        Some(SubscriptionItem::Discontinuity(_))
+    ));
+    for _ in 0..4 {
+        rt.publish(req(&chat, "t")).await.unwrap();
+    }
+    assert_eq!(next_event(&mut sub).await.sequence, 2);
+    match tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+    {
+        Some(SubscriptionItem::Discontinuity(d)) => {
+            assert_eq!(d.reason, DiscontinuityReason::PositionExpired);
+            assert_eq!((d.requested_from, d.earliest_sequence), (2, 4));
+        }
+        other => panic!("expected a discontinuity, got {other:?}"),
+    }
+    assert_eq!(seqs(&take_events(&mut sub, 2).await), vec![4, 5]);
+}

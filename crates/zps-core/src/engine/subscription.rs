@@ -148,6 +148,8 @@ pub(crate) struct Driver {
     types: Option<Arc<[String]>>,
     batch_size: usize,
     reorder_window: Duration,
+    /// False for fan-out-only providers: holes cannot be read back, only reported.
+    history: bool,
     ready: VecDeque<Ready>,
     catchup: VecDeque<Room>,
     gap_rooms: HashSet<Room>,
@@ -170,8 +172,12 @@ impl Driver {
             // Live-only subscriptions still read history to repair gaps.
             CatchUp::Disabled => (super::options::DEFAULT_BATCH_SIZE, None, false),
         };
+        let capabilities = transport.capabilities();
+        // Without history, a subscription is live only: positions are still checked
+        // (and reported), but nothing can be read back.
         let mut driver = Self {
-            reorder_window: transport.capabilities().reorder_window,
+            reorder_window: capabilities.reorder_window,
+            history: capabilities.history,
             transport,
             metrics,
             live: Some(live),
@@ -189,7 +195,11 @@ impl Driver {
             if driver.rooms.contains_key(room) {
                 continue;
             }
-            let info = driver.transport.room_info(room).await?;
+            let mut info = driver.transport.room_info(room).await?;
+            if !driver.history {
+                // Nothing before the head can be delivered by a provider without history.
+                info.earliest_sequence = info.last_sequence + 1;
+            }
             let cursor = match (&opts.from_sequence, &opts.subscriber_id) {
                 (Some(from), _) => Some(*from),
                 (None, Some(id)) => driver.transport.cursor(room, id).await?,
@@ -203,7 +213,9 @@ impl Driver {
                 recovered: None,
                 reason: None,
             };
-            let should_catch_up = catch_up
+            // The caller wants history: check the requested position (and report it)
+            // even where the provider cannot read history back.
+            let wants_history = catch_up
                 && match cursor {
                     Some(from) => {
                         let (after, reason) = check_continuity(from, opts.epoch.as_deref(), &info);
@@ -231,9 +243,10 @@ impl Driver {
                         false
                     }
                 };
-            if !catch_up {
+            if !catch_up || !driver.history {
                 start.start_after = info.last_sequence;
             }
+            let should_catch_up = wants_history && driver.history;
             let mut state = RoomState::new(start.start_after);
             if should_catch_up {
                 state.catching_up = true;
@@ -423,6 +436,10 @@ impl Driver {
     }
 
     fn schedule_catch_up(&mut self, room: &Room) {
+        if !self.history {
+            self.skip_unrecoverable(room);
+            return;
+        }
         let Some(state) = self.rooms.get_mut(room) else {
             return;
         };
@@ -432,6 +449,33 @@ impl Driver {
             state.catching_up = true;
             self.catchup.push_back(room.clone());
         }
+    }
+
+    /// Without history a hole cannot be filled: report it and continue after it.
+    fn skip_unrecoverable(&mut self, room: &Room) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        state.gap_deadline = None;
+        self.gap_rooms.remove(room);
+        let Some((from, to)) = state.tracker.missing() else {
+            // A lag with nothing buffered: the next event shows whether anything was lost.
+            return;
+        };
+        state.tracker.skip_through(to);
+        state.gap_open = false;
+        self.metrics.discontinuity();
+        self.ready.push_back(Ready {
+            item: SubscriptionItem::Discontinuity(Discontinuity {
+                room: room.clone(),
+                reason: DiscontinuityReason::PositionExpired,
+                epoch: String::new(),
+                earliest_sequence: to + 1,
+                requested_from: from - 1,
+            }),
+            from_history: false,
+        });
+        self.drain_room(room, false);
     }
 
     /// Reads one history page for `room`; returns true when the room is caught up.
