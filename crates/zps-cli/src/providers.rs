@@ -44,9 +44,23 @@ async fn postgres(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tra
     Ok(Arc::new(t))
 }
 
+/// The Redis settings for this run; `fanout_only` for the hybrid's realtime leg.
+pub(crate) fn redis_config(s: &ProviderSettings, fanout_only: bool) -> zps_redis::RedisConfig {
+    let config = zps_redis::RedisConfig::with_prefix(s.redis_prefix.as_deref().unwrap_or("realtime:"));
+    if fanout_only { config.fanout_only() } else { config }
+}
+
+async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Result<Arc<dyn Transport>> {
+    let t = zps_redis::RedisTransport::connect(url, redis_config(s, fanout_only))
+        .await
+        .with_context(|| format!("cannot use Redis at {}", redact(url)))?;
+    Ok(Arc::new(t))
+}
+
 async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     match kind {
         ProviderKind::Postgres => postgres(url, s).await,
+        ProviderKind::Redis => redis(url, s, false).await,
         other => bail!(
             "the `{}` provider ({}) is not available in this build yet",
             other.as_str(),
@@ -83,7 +97,11 @@ pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tran
             let storage_url = required(&s.storage_connection, "--storage-connection", "hybrid")?;
             let realtime_url = required(&s.realtime_connection, "--realtime-connection", "hybrid")?;
             let storage = single(storage_kind, storage_url, s).await?;
-            let realtime = single(realtime_kind, realtime_url, s).await?;
+            // The realtime leg only fans out: storage keeps the history.
+            let realtime = match realtime_kind {
+                ProviderKind::Redis => redis(realtime_url, s, true).await?,
+                other => single(other, realtime_url, s).await?,
+            };
             Ok(Arc::new(zps_hybrid::HybridTransport::new(
                 storage,
                 realtime,

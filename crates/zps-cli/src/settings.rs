@@ -84,6 +84,9 @@ pub(crate) struct ProviderArgs {
         help_heading = "Provider"
     )]
     pub(crate) realtime_connection: Option<String>,
+    /// Redis: prefix of every key and channel [default: realtime:].
+    #[arg(long, env = "ZERO_PUBSUB_REDIS_PREFIX", help_heading = "Provider")]
+    pub(crate) redis_prefix: Option<String>,
     /// PostgreSQL: schema holding the tables [default: the connection's search_path].
     #[arg(long, env = "ZERO_PUBSUB_POSTGRES_SCHEMA", help_heading = "Provider")]
     pub(crate) postgres_schema: Option<String>,
@@ -240,6 +243,7 @@ pub(crate) struct FileSettings {
     realtime_provider: Option<ProviderKind>,
     realtime_connection: Option<String>,
     postgres_schema: Option<String>,
+    redis_prefix: Option<String>,
     auto_migrate: Option<bool>,
     default_ttl_ms: Option<u64>,
     memory_max_events_per_room: Option<usize>,
@@ -279,6 +283,8 @@ pub(crate) struct ProviderSettings {
     pub(crate) realtime_connection: Option<String>,
     /// PostgreSQL schema.
     pub(crate) postgres_schema: Option<String>,
+    /// Redis key prefix.
+    pub(crate) redis_prefix: Option<String>,
     /// Create tables/indexes at start (None = provider default).
     pub(crate) auto_migrate: Option<bool>,
     /// Memory history bound.
@@ -296,6 +302,7 @@ impl ProviderSettings {
             realtime_provider: a.realtime_provider,
             realtime_connection: a.realtime_connection,
             postgres_schema: a.postgres_schema,
+            redis_prefix: a.redis_prefix,
             auto_migrate: a.auto_migrate,
             memory_max_events_per_room: 10_000,
         }
@@ -383,6 +390,7 @@ impl Settings {
                 realtime_provider: pick_provider!(realtime_provider),
                 realtime_connection: pick_provider!(realtime_connection),
                 postgres_schema: pick_provider!(postgres_schema),
+                redis_prefix: pick_provider!(redis_prefix),
                 auto_migrate: pick_provider!(auto_migrate),
                 memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
             },

@@ -1,0 +1,221 @@
+//! Two gateway processes sharing one provider: clients on node A and node B
+//! subscribe to the same room while publishers on both nodes publish; every
+//! subscriber sees 1..=N exactly once, in order. Redis, and hybrid
+//! (PostgreSQL storage + Redis fan-out).
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_zero-pub-sub");
+
+fn pg_url() -> String {
+    std::env::var("ZPS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn redis_url() -> String {
+    std::env::var("ZPS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+struct Node {
+    child: Child,
+    ws: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[String]) -> Node {
+    let mut child = Command::new(BIN)
+        .args([
+            "gateway",
+            "--port",
+            "0",
+            "--allow-client-publish",
+            "--max-messages-per-window",
+            "100000",
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ws = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    Node { child, ws }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn recv(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+async fn ready(url: &str, id: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "init", "subscriberId": id}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(recv(&mut ws).await["type"], "ready");
+    ws
+}
+
+async fn two_nodes_one_room(a: &Node, b: &Node) {
+    let room = "multi:1";
+    let mut subscribers = Vec::new();
+    for (i, node) in [a, b, a, b].into_iter().enumerate() {
+        let mut ws = ready(&node.ws, &format!("sub-{i}")).await;
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "room": room}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(recv(&mut ws).await["type"], "subscribed");
+        subscribers.push(ws);
+    }
+    let per = 100;
+    let publishers: Vec<_> = [a.ws.clone(), b.ws.clone(), a.ws.clone(), b.ws.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(p, url)| {
+            tokio::spawn(async move {
+                let mut ws = ready(&url, &format!("pub-{p}")).await;
+                for i in 0..per {
+                    let msg = json!({"type": "publish", "requestId": format!("{p}-{i}"), "event": {"type": "t", "room": room, "payload": {"p": p, "i": i}}});
+                    ws.send(Message::Text(msg.to_string().into())).await.unwrap();
+                    let answer = recv(&mut ws).await;
+                    assert_eq!(answer["type"], "published", "{answer}");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let n = 4 * per as u64;
+    for mut ws in subscribers {
+        let mut seqs = Vec::new();
+        while seqs.len() < n as usize {
+            let m = recv(&mut ws).await;
+            if m["type"] == "event" {
+                seqs.push(m["data"]["sequence"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(seqs, (1..=n).collect::<Vec<u64>>());
+    }
+}
+
+async fn delete_redis_keys(prefix: &str) {
+    use zps_redis::fred::prelude::*;
+    use zps_redis::fred::types::scan::Scanner;
+    let client = Builder::from_config(Config::from_url(&redis_url()).unwrap())
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut pages = client.scan(format!("{prefix}*"), Some(1000), None);
+    while let Some(page) = pages.next().await {
+        let mut page = page.unwrap();
+        keys.extend(page.take_results().unwrap_or_default());
+    }
+    for chunk in keys.chunks(500) {
+        let _: i64 = client.del(chunk.to_vec()).await.unwrap();
+    }
+    client.quit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_redis() {
+    let prefix = format!("zps-cli-multi-{}:", std::process::id());
+    let args: Vec<String> = [
+        "--provider",
+        "redis",
+        "--connection",
+        &redis_url(),
+        "--redis-prefix",
+        &prefix,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (a, b) = (start(&args), start(&args));
+    two_nodes_one_room(&a, &b).await;
+    drop((a, b));
+    delete_redis_keys(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_hybrid_postgres_and_redis() {
+    let schema = format!("zps_cli_hybrid_{}", std::process::id());
+    let pool = zps_postgres::connect_pool(&pg_url(), &zps_postgres::PostgresConfig::default())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let prefix = format!("zps-cli-hybrid-{}:", std::process::id());
+    let args: Vec<String> = [
+        "--provider",
+        "hybrid",
+        "--storage-provider",
+        "postgres",
+        "--storage-connection",
+        &pg_url(),
+        "--postgres-schema",
+        &schema,
+        "--realtime-provider",
+        "redis",
+        "--realtime-connection",
+        &redis_url(),
+        "--redis-prefix",
+        &prefix,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (a, b) = (start(&args), start(&args));
+    two_nodes_one_room(&a, &b).await;
+    drop((a, b));
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    delete_redis_keys(&prefix).await;
+}
