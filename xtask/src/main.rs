@@ -44,9 +44,11 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
-  bench [--scenario NAME] [--quick] gateway benchmarks vs a bare broadcast baseline (release build);
+  bench [--provider memory|postgres|redis] [--scenario NAME] [--quick]
+                                   gateway benchmarks vs a bare broadcast baseline (release build);
                                    scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay;
-                                   results appended to bench-results.jsonl
+                                   results appended to bench-results.jsonl. A provider also runs its
+                                   publish benchmark against a raw baseline (INSERT / EVALSHA)
   services                         make PostgreSQL and Redis reachable (start or install)"
     );
 }
@@ -209,6 +211,63 @@ fn load_test(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
+    // `--provider NAME` selects the provider dimension; everything else goes to zps-bench.
+    let mut provider = "memory".to_owned();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--provider" => provider = it.next().context("--provider needs a value")?.clone(),
+            _ => rest.push(a.clone()),
+        }
+    }
+    let env = ensure_services()?;
+    let url = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let tag = format!("zps_bench_{}", std::process::id());
+    let mut gateway_args: Vec<String> = Vec::new();
+    match provider.as_str() {
+        "memory" => {}
+        "postgres" => {
+            // The provider's own benchmark: publish vs raw INSERT, replay of 1 000 000 events.
+            run(cargo()
+                .args(["bench", "-p", "zps-postgres", "--bench", "publish"])
+                .envs(env.clone()))?;
+            gateway_args.extend(
+                [
+                    "--provider",
+                    "postgres",
+                    "--connection",
+                    &url("ZPS_TEST_POSTGRES_URL"),
+                    "--postgres-schema",
+                    &tag,
+                ]
+                .map(String::from),
+            );
+        }
+        "redis" => {
+            // The provider's own benchmark: publish vs raw EVALSHA/PUBLISH, cross-node latency.
+            run(cargo()
+                .args(["bench", "-p", "zps-redis", "--bench", "publish"])
+                .envs(env.clone()))?;
+            gateway_args.extend(
+                [
+                    "--provider",
+                    "redis",
+                    "--connection",
+                    &url("ZPS_TEST_REDIS_URL"),
+                    "--redis-prefix",
+                    &format!("{tag}:"),
+                ]
+                .map(String::from),
+            );
+        }
+        other => bail!("--provider must be memory, postgres or redis, not {other}"),
+    }
     run(cargo().args([
         "build",
         "--release",
@@ -222,12 +281,38 @@ fn bench(args: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join("target"));
     let bin = target.join("release");
-    run(Command::new(bin.join("zps-bench"))
-        .current_dir(root())
+    let mut cmd = Command::new(bin.join("zps-bench"));
+    cmd.current_dir(root())
         .arg("run")
         .arg("--gateway-bin")
         .arg(bin.join("zero-pub-sub"))
-        .args(args))
+        .args(&rest);
+    for a in &gateway_args {
+        cmd.arg(format!("--gateway-arg={a}"));
+    }
+    let result = run(&mut cmd);
+    // The gateway runs stored their events in a schema / key prefix of their own: remove it.
+    match provider.as_str() {
+        "postgres" => {
+            let _ = Command::new("psql")
+                .args([
+                    &url("ZPS_TEST_POSTGRES_URL"),
+                    "-qc",
+                    &format!("DROP SCHEMA IF EXISTS {tag} CASCADE"),
+                ])
+                .status();
+        }
+        "redis" => {
+            let _ = Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("redis-cli --scan --pattern '{tag}:*' | xargs -r redis-cli del >/dev/null"),
+                ])
+                .status();
+        }
+        _ => {}
+    }
+    result
 }
 
 /// Test service endpoints, as environment variables for the test run.
