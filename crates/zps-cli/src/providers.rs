@@ -57,9 +57,27 @@ async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Re
     Ok(Arc::new(t))
 }
 
+async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    let config = zps_mongo::MongoConfig {
+        auto_create_indexes: s.auto_migrate,
+        ..zps_mongo::MongoConfig::default()
+    };
+    let t = zps_mongo::MongoTransport::connect(url, config)
+        .await
+        .with_context(|| format!("cannot use MongoDB at {}", redact(url)))?;
+    if !t.uses_change_streams() {
+        tracing::warn!(
+            "MongoDB has no change streams here (standalone server): live events reach this process's \
+             subscribers, other gateways only see them by polling; use a replica set or the hybrid provider"
+        );
+    }
+    Ok(Arc::new(t))
+}
+
 async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     match kind {
         ProviderKind::Postgres => postgres(url, s).await,
+        ProviderKind::Mongo => mongo(url, s).await,
         ProviderKind::Redis => redis(url, s, false).await,
         other => bail!(
             "the `{}` provider ({}) is not available in this build yet",
