@@ -30,10 +30,15 @@ struct RoomQuery {
 
 /// Serves the baseline on `listener` forever.
 pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     let app = Router::new()
         .route("/ws", get(subscribe))
         .route("/publish", get(publish))
         .with_state(St::default());
+    // The same socket options as the gateway.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await
 }
 

@@ -137,7 +137,15 @@ impl Gateway {
 
     /// Serves on `listener` until [`Gateway::shutdown`] is called.
     pub async fn serve(&self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
         let token = self.shared.drain.clone();
+        // Realtime frames are small: Nagle's algorithm would hold them back waiting
+        // for ACKs (tens of milliseconds with delayed ACKs).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await

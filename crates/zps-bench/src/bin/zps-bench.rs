@@ -43,7 +43,7 @@ enum Cmd {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// Scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay.
+    /// Scenarios: fanout-1x1000, chat-1x10, rooms-100x10, rooms-1000x1, idle-10k, replay.
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// The gateway binary.
@@ -148,7 +148,9 @@ fn spawn_baseline() -> anyhow::Result<Server> {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str) -> anyhow::Result<Ws> {
-    let (ws, _) = tokio::time::timeout(Duration::from_secs(20), tokio_tungstenite::connect_async(url))
+    // No Nagle on the client side either: every frame is latency-sensitive.
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(20), connect)
         .await
         .context("connect timed out")?
         .context("connect failed")?;
@@ -368,6 +370,7 @@ struct FanoutReport {
     server_rss_bytes: u64,
 }
 
+#[derive(Clone)]
 struct Fanout {
     name: String,
     rooms: usize,
@@ -663,15 +666,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     window: 64,
                 };
                 let (gw, _) = fanout_pair(&args, &f).await?;
-                // Latency at half of the gateway's maximum rate: its delivery
-                // capacity, converted to messages per second for 1 000 subscribers.
+                // Latency below saturation: fractions of the gateway's delivery capacity,
+                // converted to messages per second for 1 000 subscribers (~5 s per point).
                 let max_rate = gw.deliver_per_sec / (f.rooms * f.subs_per_room) as f64;
-                let half = Fanout {
-                    name: "fanout-1x1000@50%".into(),
-                    rate: Some((max_rate / 2.0).max(10.0)),
-                    ..f
+                for pct in [10u32, 25, 50] {
+                    let rate = (max_rate * f64::from(pct) / 100.0).max(5.0);
+                    let point = Fanout {
+                        name: format!("fanout-1x1000@{pct}%"),
+                        rate: Some(rate),
+                        per_room: ((rate * 5.0) as u64).clamp(50, 2000) / q,
+                        ..f.clone()
+                    };
+                    fanout_pair(&args, &point).await?;
+                }
+            }
+            "chat-1x10" => {
+                // A chat room: 10 members, 1 000 messages/s — latency at a realistic load.
+                let f = Fanout {
+                    name: "chat-1x10@1k/s".into(),
+                    rooms: 1,
+                    subs_per_room: 10,
+                    publishers: 1,
+                    per_room: 5000 / q,
+                    rate: Some(1_000.0),
+                    window: 64,
                 };
-                fanout_pair(&args, &half).await?;
+                fanout_pair(&args, &f).await?;
             }
             "rooms-100x10" => {
                 let f = Fanout {
