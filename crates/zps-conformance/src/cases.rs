@@ -111,6 +111,78 @@ pub async fn duplicate_id_returns_the_original_and_delivers_once(f: Arc<dyn Fixt
     rt.close().await.unwrap();
 }
 
+/// A batch over two rooms: per-room sequences in the order given, an invalid
+/// request answered alone, a duplicate id (stored earlier and repeated within
+/// the batch) returning the original, and live delivery of exactly the new ones.
+pub async fn publish_batch_keeps_order_and_answers_each_request(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let (a, b) = (unique_room("batch"), unique_room("batch"));
+    let mut live = rt
+        .subscribe_stream(SubscribeOptions::room(a.clone()).live_only())
+        .await
+        .unwrap();
+    rt.publish(req(&a, "tick", json!({"i": "early"})).with_id("early"))
+        .await
+        .unwrap();
+    let mut requests = Vec::new();
+    for i in 0..40 {
+        let room = if i % 2 == 0 { &a } else { &b };
+        requests.push(req(room, "tick", json!({"i": i})));
+    }
+    requests.insert(5, req(&a, "tick", json!({"i": "again"})).with_id("early"));
+    requests.insert(9, req(&a, "tick", json!({"i": "bad"})).with_id(""));
+    requests.push(req(&b, "tick", json!({"i": "twice"})).with_id("twice"));
+    requests.push(req(&b, "tick", json!({"i": "twice-again"})).with_id("twice"));
+    let results = rt.publish_batch(requests).await;
+    assert_eq!(results.len(), 44);
+    assert!(
+        matches!(results[9], Err(Error::InvalidEvent(_))),
+        "an empty id is refused on its own: {:?}",
+        results[9]
+    );
+    let early = results[5].as_ref().unwrap();
+    assert!(early.duplicate);
+    assert_eq!(
+        (early.envelope.id.as_str(), early.envelope.sequence),
+        ("early", 1)
+    );
+    let (mut in_a, mut in_b) = (Vec::new(), Vec::new());
+    for (i, r) in results.iter().enumerate() {
+        if i == 5 || i == 9 || i >= 42 {
+            continue;
+        }
+        let e = &r.as_ref().unwrap().envelope;
+        let i_field = e.payload.get().to_owned();
+        if e.room == a {
+            in_a.push((e.sequence, i_field));
+        } else {
+            in_b.push((e.sequence, i_field));
+        }
+    }
+    let want_a: Vec<(u64, String)> = (0..20)
+        .map(|k| (k + 2, format!(r#"{{"i":{}}}"#, k * 2)))
+        .collect();
+    let want_b: Vec<(u64, String)> = (0..20)
+        .map(|k| (k + 1, format!(r#"{{"i":{}}}"#, k * 2 + 1)))
+        .collect();
+    assert_eq!(in_a, want_a, "room a: sequences follow the order given");
+    assert_eq!(in_b, want_b, "room b: sequences follow the order given");
+    let first = results[42].as_ref().unwrap();
+    let second = results[43].as_ref().unwrap();
+    assert!(!first.duplicate && second.duplicate);
+    assert_eq!(first.envelope.sequence, 21);
+    assert_eq!(second.envelope.sequence, 21);
+    assert_eq!(second.envelope.payload.get(), r#"{"i":"twice"}"#);
+
+    let delivered = take_events(&mut live, 21).await;
+    assert_eq!(seqs(&delivered), (1..=21).collect::<Vec<u64>>());
+    assert_quiet(&mut live, Duration::from_millis(300)).await;
+    let stored = rt.replay(ReplayQuery::new(b.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&stored.events), (1..=21).collect::<Vec<u64>>());
+    assert!(rt.publish_batch(Vec::new()).await.is_empty());
+    rt.close().await.unwrap();
+}
+
 /// 16 racing publishes of one id: one event stored, everyone gets its envelope.
 pub async fn concurrent_duplicates_store_one_event(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;

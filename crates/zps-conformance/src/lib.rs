@@ -148,6 +148,7 @@ macro_rules! conformance_suite {
             sequences_are_gap_free_under_concurrent_publishers,
             duplicate_id_returns_the_original_and_delivers_once,
             concurrent_duplicates_store_one_event,
+            publish_batch_keeps_order_and_answers_each_request,
             replay_respects_bounds_limit_and_types,
             catch_up_with_a_rare_filter_does_not_stall,
             catch_up_honours_to_sequence_max_batches_and_cursor,
