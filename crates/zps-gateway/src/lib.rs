@@ -25,6 +25,7 @@ mod frames;
 mod hot;
 mod http;
 mod hub;
+mod lane;
 mod pipe;
 mod replay;
 mod session;

@@ -12,14 +12,13 @@ use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until};
 use zps_core::{PublishRequest, ReplayQuery, RoomPattern};
-use zps_protocol::{
-    Ack, ClientMessage, CloseCode, ErrorCode, Ping, Published, Ready, ServerMessage, parse_client,
-};
+use zps_protocol::{Ack, ClientMessage, CloseCode, ErrorCode, Ping, Ready, ServerMessage, parse_client};
 
 use crate::auth::{AuthAction, TokenError, unix_now};
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound, ReplayOut, control};
 use crate::http::origin_allowed;
+use crate::lane::{Pending, PublishLane};
 use crate::pipe::{Disconnected, Pipe, WsWriter, close_frame};
 use crate::session::{Failure, Refusal, Session};
 use crate::shared::{ConnSlot, Shared};
@@ -106,6 +105,8 @@ struct Conn {
     rate: RateWindow,
     last_seen: Instant,
     expiry_noticed: bool,
+    /// Started by the first publish.
+    lane: Option<PublishLane>,
 }
 
 /// Outcome of handling one inbound frame.
@@ -139,6 +140,7 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot) {
         },
         last_seen: Instant::now(),
         expiry_noticed: false,
+        lane: None,
     };
     metrics::counter!("zps_gateway_connections_opened_total", "transport" => "ws").increment(1);
     let limits = gw.config.limits.clone();
@@ -387,6 +389,13 @@ impl Conn {
                 }
             };
         }
+        if !matches!(msg, ClientMessage::Publish(_))
+            && let Some(lane) = &self.lane
+        {
+            // Whatever follows a publish sees it stored, and its answer goes out first.
+            lane.settled().await;
+            self.pipe.drain_queue().await?;
+        }
         let result = match msg {
             ClientMessage::Init(_) => Err(Failure::Refused(Refusal::new(
                 ErrorCode::AlreadyInitialised,
@@ -584,20 +593,15 @@ impl Conn {
         if p.exclude_self {
             self.session.conn.state.lock().skip_id(Arc::from(id.as_str()));
         }
-        let outcome = gw
-            .engine
-            .publish_outcome(req)
-            .await
-            .map_err(|e| Refusal::engine(&e).in_room(room.as_str()))?;
-        let e = &outcome.envelope;
-        self.reply(ServerMessage::Published(Published {
-            request_id: p.request_id,
-            id: e.id.clone(),
-            room: e.room.to_string(),
-            sequence: e.sequence,
-            duplicate: outcome.duplicate,
-        }))
-        .await?;
+        let engine = &gw.engine;
+        let conn = &self.session.conn;
+        self.lane
+            .get_or_insert_with(|| PublishLane::start(engine.clone(), conn.clone()))
+            .submit(Pending {
+                request: req,
+                request_id: p.request_id,
+            })
+            .await;
         Ok(())
     }
 

@@ -315,6 +315,71 @@ async fn fifty_publishers_five_rooms_every_subscriber_sees_one_to_n_in_order() {
     }
 }
 
+/// One connection sending 600 publishes without waiting: answers come in send
+/// order (an engine-refused one in its place), each room's sequences follow
+/// the send order, and a replay sent right after sees every one stored.
+#[tokio::test]
+async fn pipelined_publishes_keep_send_order_and_later_messages_see_them() {
+    let mut config = GatewayConfig::default();
+    config.limits.allow_client_publish = true;
+    config.limits.max_messages_per_window = 10_000;
+    let gw = TestGateway::start(config).await;
+    let mut sub = gw.ready("sub").await;
+    sub.subscribe("pipe:a").await;
+    let mut c = gw.ready("producer").await;
+    let n = 600;
+    let refused = 301;
+    for i in 0..n {
+        let room = if i % 2 == 0 { "pipe:a" } else { "pipe:b" };
+        let mut event = json!({"type": "t", "room": room, "payload": {"i": i}});
+        if i == refused {
+            // Valid JSON the engine refuses: a zero time to live.
+            event["ttlMs"] = json!(0);
+        }
+        c.send(json!({"type": "publish", "requestId": i.to_string(), "event": event}))
+            .await;
+    }
+    c.send(json!({"type": "replay_request", "room": "pipe:b", "fromSequence": 0, "limit": 1000}))
+        .await;
+    let (mut next_a, mut next_b) = (1u64, 1u64);
+    for i in 0..n {
+        let answer = c.recv().await;
+        assert_eq!(
+            answer["requestId"],
+            i.to_string(),
+            "answers in send order: {answer}"
+        );
+        if i == refused {
+            assert_eq!(answer["type"], "error", "{answer}");
+            assert_eq!(answer["code"], "4422", "{answer}");
+            assert_eq!(answer["room"], "pipe:b", "{answer}");
+            continue;
+        }
+        assert_eq!(answer["type"], "published", "{answer}");
+        let next = if i % 2 == 0 { &mut next_a } else { &mut next_b };
+        assert_eq!(
+            answer["sequence"], *next,
+            "sequences follow the send order: {answer}"
+        );
+        *next += 1;
+    }
+    let replay = c.recv_type("replay").await;
+    let stored = replay["events"].as_array().unwrap();
+    assert_eq!(seqs(stored), (1..=299).collect::<Vec<u64>>());
+    let sent: Vec<u64> = stored
+        .iter()
+        .map(|e| e["payload"]["i"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (1..n as u64)
+        .step_by(2)
+        .filter(|&i| i != refused as u64)
+        .collect();
+    assert_eq!(sent, want);
+    let live = sub.events(300).await;
+    assert_eq!(seqs(&live), (1..=300).collect::<Vec<u64>>());
+    sub.assert_silent(Duration::from_millis(200)).await;
+}
+
 #[tokio::test]
 async fn snapshot_request_and_app_ping() {
     let gw = TestGateway::start(GatewayConfig::default()).await;

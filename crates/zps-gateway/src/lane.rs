@@ -1,0 +1,118 @@
+//! A connection's publish lane. A producer sending many events over one socket
+//! would otherwise wait one storage round trip per event; the lane stores the
+//! publishes queued behind each other as one ordered batch
+//! ([`Realtime::publish_batch`]) while the connection keeps reading.
+//!
+//! Order is kept: one lane per connection, batches in arrival order, and the
+//! engine numbers a batch's events of one room in the order given. Any other
+//! message of the connection waits until its earlier publishes are answered
+//! ([`PublishLane::settled`]), so a replay or subscribe sent after a publish
+//! sees it stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+use zps_core::{PublishRequest, Realtime, Room};
+use zps_protocol::{Published, ServerMessage};
+
+use crate::conn::ConnShared;
+use crate::frames::control;
+use crate::session::Refusal;
+
+/// Publishes accepted from one connection and not yet answered. A client that
+/// sends more waits (its socket is not read) until the oldest are stored.
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
+/// Most publishes stored in one batch.
+const MAX_BATCH: usize = 64;
+
+/// One accepted publish.
+pub(crate) struct Pending {
+    pub(crate) request: PublishRequest,
+    pub(crate) request_id: Option<String>,
+}
+
+/// Counts publishes between submit and answer, and wakes waiters at zero.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// The sending side, owned by the connection task; dropping it ends the lane
+/// once the queued publishes are stored.
+pub(crate) struct PublishLane {
+    tx: mpsc::Sender<Pending>,
+    in_flight: Arc<InFlight>,
+}
+
+impl PublishLane {
+    /// Starts the lane's task (on a connection's first publish).
+    pub(crate) fn start(engine: Realtime, conn: Arc<ConnShared>) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let in_flight = Arc::new(InFlight::default());
+        tokio::spawn(run(engine, conn, rx, in_flight.clone()));
+        Self { tx, in_flight }
+    }
+
+    /// Queues a publish; waits while [`MAX_IN_FLIGHT`] are queued.
+    pub(crate) async fn submit(&self, pending: Pending) {
+        self.in_flight.count.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(pending).await.is_err() {
+            // The task is gone only if it panicked; nothing will answer this one.
+            self.in_flight.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Resolves once every publish submitted so far has been answered.
+    pub(crate) async fn settled(&self) {
+        loop {
+            let idle = self.in_flight.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check: a wake-up between the two is not lost.
+            idle.as_mut().enable();
+            if self.in_flight.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+async fn run(
+    engine: Realtime,
+    conn: Arc<ConnShared>,
+    mut rx: mpsc::Receiver<Pending>,
+    in_flight: Arc<InFlight>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let n = batch.len();
+        let (requests, request_ids): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.request, p.request_id)).unzip();
+        let rooms: Vec<Room> = requests.iter().map(|r| r.room.clone()).collect();
+        let results = engine.publish_batch(requests).await;
+        for ((result, request_id), room) in results.into_iter().zip(request_ids).zip(rooms) {
+            let reply = match result {
+                Ok(outcome) => {
+                    let e = &outcome.envelope;
+                    ServerMessage::Published(Published {
+                        request_id,
+                        id: e.id.clone(),
+                        room: e.room.to_string(),
+                        sequence: e.sequence,
+                        duplicate: outcome.duplicate,
+                    })
+                }
+                Err(e) => Refusal::engine(&e)
+                    .in_room(room.as_str())
+                    .with_request(request_id)
+                    .to_message(),
+            };
+            conn.enqueue(control(conn.kind, &reply));
+        }
+        if in_flight.count.fetch_sub(n, Ordering::AcqRel) == n {
+            in_flight.idle.notify_waiters();
+        }
+    }
+}
