@@ -3,15 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zero-pub-sub");
+mod support;
+use support::{Gateway, recv, send, start_gateway};
 
 /// The test database URL, or `None` (with the skip line) when there is no MongoDB.
 fn mongo_url(test: &str) -> Option<String> {
@@ -30,69 +25,21 @@ fn mongo_url(test: &str) -> Option<String> {
     }
 }
 
-struct Gateway(Child, String);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start(url: &str) -> Gateway {
-    let mut child = Command::new(BIN)
-        .args([
-            "gateway",
-            "--port",
-            "0",
-            "--allow-client-publish",
-            "--provider",
-            "mongo",
-            "--connection",
-            url,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ws = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    Gateway(child, ws)
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
-async fn send(ws: &mut Ws, v: serde_json::Value) {
-    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    start_gateway(&[
+        "--allow-client-publish",
+        "--provider",
+        "mongo",
+        "--connection",
+        url,
+    ])
 }
 
 #[tokio::test]
 async fn gateway_on_mongo_stores_delivers_and_resumes() {
     let Some(url) = mongo_url("gateway") else { return };
     let gw = start(&url);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&gw.1).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(&gw.ws).await.unwrap();
     send(&mut ws, json!({"type": "init", "subscriberId": "d"})).await;
     assert_eq!(recv(&mut ws).await["type"], "ready");
     send(&mut ws, json!({"type": "subscribe", "room": "chat:1"})).await;
@@ -112,7 +59,7 @@ async fn gateway_on_mongo_stores_delivers_and_resumes() {
     // Stored durably: a new gateway process replays it.
     drop(gw);
     let gw = start(&url);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&gw.1).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(&gw.ws).await.unwrap();
     send(&mut ws, json!({"type": "init", "subscriberId": "d2"})).await;
     recv(&mut ws).await;
     send(

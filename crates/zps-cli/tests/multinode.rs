@@ -5,90 +5,19 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zero-pub-sub");
-
-fn pg_url() -> String {
-    std::env::var("ZPS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("ZPS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-struct Node {
-    child: Child,
-    ws: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::{Gateway as Node, pg_url, ready, recv, redis_url, start_gateway};
 
 fn start(args: &[String]) -> Node {
-    let mut child = Command::new(BIN)
-        .args([
-            "gateway",
-            "--port",
-            "0",
-            "--allow-client-publish",
-            "--max-messages-per-window",
-            "100000",
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ws = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    Node { child, ws }
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
-}
-
-async fn ready(url: &str, id: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "init", "subscriberId": id}).to_string().into(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(recv(&mut ws).await["type"], "ready");
-    ws
+    let mut all: Vec<String> = ["--allow-client-publish", "--max-messages-per-window", "100000"]
+        .map(String::from)
+        .to_vec();
+    all.extend_from_slice(args);
+    start_gateway(&all)
 }
 
 async fn two_nodes_one_room(a: &Node, b: &Node) {

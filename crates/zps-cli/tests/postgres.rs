@@ -4,22 +4,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use zps_core::{PublishRequest, Realtime, Room};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zero-pub-sub");
-
-fn url() -> String {
-    std::env::var("ZPS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+mod support;
+use support::{BIN, Gateway, Ws, pg_url as url, ready, recv, send};
 
 struct Schema {
     name: String,
@@ -72,79 +66,24 @@ fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-struct Gateway {
-    child: Child,
-    ws: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_gateway(schema: &str) -> Gateway {
-    let mut child = Command::new(BIN)
-        .args([
-            "gateway",
-            "--port",
-            "0",
-            "--provider",
-            "postgres",
-            "--connection",
-            &url(),
-            "--postgres-schema",
-            schema,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ws = line
-        .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_owned();
-    Gateway { child, ws }
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(15), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(f) => panic!("closed: {f:?}"),
-            _ => {}
-        }
-    }
+    support::start_gateway(&[
+        "--provider",
+        "postgres",
+        "--connection",
+        &url(),
+        "--postgres-schema",
+        schema,
+    ])
 }
 
 async fn client(url: &str, room: &str, from: Option<u64>) -> (Ws, serde_json::Value) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "init", "subscriberId": "device-1"})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(recv(&mut ws).await["type"], "ready");
+    let mut ws = ready(url, "device-1").await;
     let mut sub = json!({"type": "subscribe", "room": room});
     if let Some(f) = from {
         sub["fromSequence"] = f.into();
     }
-    ws.send(Message::Text(sub.to_string().into())).await.unwrap();
+    send(&mut ws, sub).await;
     let subscribed = recv(&mut ws).await;
     assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
     (ws, subscribed)
