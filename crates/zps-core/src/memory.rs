@@ -471,7 +471,7 @@ impl Transport for MemoryTransport {
     async fn health(&self) -> TransportHealth {
         let mut h = TransportHealth::healthy("memory");
         if self.inner.closed.load(Ordering::Acquire) {
-            h.status = crate::transport::HealthStatus::Unhealthy;
+            h.fail("closed");
         }
         h.details
             .insert("rooms".into(), self.inner.rooms.read().len().into());

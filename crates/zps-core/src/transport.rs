@@ -182,6 +182,13 @@ impl TransportHealth {
             details: serde_json::Map::new(),
         }
     }
+
+    /// Marks the report unhealthy, with the reason under `error` so every
+    /// provider's report reads the same to operators.
+    pub fn fail(&mut self, error: impl Into<String>) {
+        self.status = HealthStatus::Unhealthy;
+        self.details.insert("error".into(), error.into().into());
+    }
 }
 
 /// Storage and fanout behind the engine. Object-safe: hold it as `Arc<dyn Transport>`.

@@ -1412,8 +1412,7 @@ impl Transport for MongoTransport {
             );
         }
         if inner.closed.load(Ordering::Acquire) {
-            h.status = HealthStatus::Unhealthy;
-            h.details.insert("closed".into(), true.into());
+            h.fail("closed");
             return h;
         }
         if inner.mode == LiveMode::ChangeStream {
@@ -1428,15 +1427,8 @@ impl Transport for MongoTransport {
             tokio::time::timeout(Duration::from_secs(5), inner.db.run_command(doc! { "ping": 1 })).await;
         match ping {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                h.status = HealthStatus::Unhealthy;
-                h.details.insert("error".into(), e.to_string().into());
-            }
-            Err(_) => {
-                h.status = HealthStatus::Unhealthy;
-                h.details
-                    .insert("error".into(), "ping timed out after 5 s".into());
-            }
+            Ok(Err(e)) => h.fail(e.to_string()),
+            Err(_) => h.fail("ping timed out after 5 s"),
         }
         h
     }

@@ -786,8 +786,7 @@ impl Transport for PostgresTransport {
             d.insert("schema".into(), schema.clone().into());
         }
         if inner.closed.load(Ordering::Acquire) {
-            h.status = HealthStatus::Unhealthy;
-            h.details.insert("error".into(), "closed".into());
+            h.fail("closed");
             return h;
         }
         let ping = tokio::time::timeout(
@@ -798,15 +797,8 @@ impl Transport for PostgresTransport {
         match ping {
             Ok(Ok(_)) if connected => {}
             Ok(Ok(_)) => h.status = HealthStatus::Degraded,
-            Ok(Err(e)) => {
-                h.status = HealthStatus::Unhealthy;
-                h.details.insert("error".into(), e.to_string().into());
-            }
-            Err(_) => {
-                h.status = HealthStatus::Unhealthy;
-                h.details
-                    .insert("error".into(), "database did not answer in time".into());
-            }
+            Ok(Err(e)) => h.fail(e.to_string()),
+            Err(_) => h.fail("database did not answer in time"),
         }
         h
     }

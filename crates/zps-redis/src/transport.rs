@@ -1309,8 +1309,7 @@ impl Transport for RedisTransport {
     async fn health(&self) -> TransportHealth {
         let mut health = TransportHealth::healthy(PROVIDER);
         if self.inner.closed.load(Ordering::Acquire) {
-            health.status = HealthStatus::Unhealthy;
-            health.details.insert("closed".into(), true.into());
+            health.fail("closed");
             return health;
         }
         let (client, subscriber) =
