@@ -13,7 +13,11 @@ use tokio_tungstenite::tungstenite::Message;
 use zps_core::{PublishRequest, Realtime, Room};
 
 mod support;
-use support::{BIN, Gateway, Ws, pg_url as url, ready, recv, send};
+use support::{Gateway, Ws, pg_url as url, ready, recv, send};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    support::run(args, &[])
+}
 
 struct Schema {
     name: String,
@@ -55,15 +59,6 @@ impl Schema {
 
 async fn sqlx_exec(pool: &zps_postgres::PgPool, sql: &str) {
     sqlx::query(sql).execute(pool).await.unwrap();
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn start_gateway(schema: &str) -> Gateway {

@@ -4,6 +4,7 @@
 // Each test file uses a different part of this module.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,10 +46,19 @@ impl Drop for Gateway {
 
 /// Starts `zero-pub-sub gateway --port 0 ARGS...` and waits for the line that
 /// names its address.
-pub(crate) fn start_gateway<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Gateway {
+pub(crate) fn start_gateway<S: AsRef<OsStr>>(args: &[S]) -> Gateway {
+    let mut all: Vec<&OsStr> = vec!["--port".as_ref(), "0".as_ref()];
+    all.extend(args.iter().map(AsRef::as_ref));
+    spawn_gateway(&all, &[])
+}
+
+/// Starts `zero-pub-sub gateway ARGS...` with extra environment variables and
+/// waits for the line that names its address.
+pub(crate) fn spawn_gateway<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Gateway {
     let mut child = Command::new(BIN)
-        .args(["gateway", "--port", "0"])
+        .arg("gateway")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,6 +73,20 @@ pub(crate) fn start_gateway<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Gateway {
         .unwrap_or_else(|| panic!("no ws:// address in {line:?}"))
         .to_owned();
     Gateway { child, ws }
+}
+
+/// Runs the binary to completion: exit code, stdout, stderr.
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The next JSON message (pings skipped); panics on close or after 20 s.
