@@ -482,6 +482,8 @@ impl PostgresTransport {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Read before shutdown: the reader clears it when it stops.
+        let listener_pid = inner.shared.backend_pid.load(Ordering::Acquire);
         let _ = inner.shutdown.send(true);
         // Publishes already queued are still written; the workers end once drained.
         inner.publisher.lock().take();
@@ -499,7 +501,21 @@ impl PostgresTransport {
                 .await
                 .is_err()
         {
-            tracing::warn!("LISTEN connection did not close in time");
+            // sqlx un-listens a dropped listener on a task of its own before handing the
+            // connection back; if that stalls, the connection would linger until the
+            // process exits. End it from the server side instead.
+            tracing::warn!(
+                pid = listener_pid,
+                "LISTEN connection did not close in time; terminating it"
+            );
+            if listener_pid != 0 {
+                let terminate = sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(listener_pid)
+                    .execute(&inner.pool);
+                if !matches!(tokio::time::timeout(CLOSE_TIMEOUT, terminate).await, Ok(Ok(_))) {
+                    tracing::warn!(pid = listener_pid, "could not terminate the LISTEN connection");
+                }
+            }
         }
         if inner.owns_pool
             && tokio::time::timeout(CLOSE_TIMEOUT, inner.pool.close())
