@@ -40,6 +40,7 @@ mod migrate;
 mod publish;
 mod rows;
 mod sql;
+mod stats;
 mod transport;
 
 pub use config::{PostgresConfig, is_valid_identifier};

@@ -43,6 +43,8 @@ pub(crate) struct Core {
     pub(crate) event_prefix: String,
     pub(crate) fetch_prefix: String,
     pub(crate) reset_prefix: String,
+    /// Analyzes a never-analyzed events table once it has grown.
+    pub(crate) stats: Arc<crate::stats::StatsBootstrap>,
 }
 
 /// One publish, ready to bind.

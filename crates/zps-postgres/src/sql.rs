@@ -105,8 +105,14 @@ impl Queries {
                                              expires_at, note_prefix, note_rest, ord)
                 ),
                 existing AS (
+                    -- LATERAL + LIMIT keeps this a per-event lookup in the (room, id) index,
+                    -- whatever the statistics said when the plan was cached (a plain join
+                    -- planned while the table was small hashes the whole table every batch).
                     SELECT i.ord, e.sequence, {EVENT_COLUMNS_E}
-                    FROM input i JOIN {events} e ON e.room = i.room AND e.id = i.id
+                    FROM input i
+                    JOIN LATERAL (
+                        SELECT * FROM {events} e WHERE e.room = i.room AND e.id = i.id LIMIT 1
+                    ) e ON true
                 ),
                 fresh AS (
                     SELECT DISTINCT ON (i.room, i.id) i.*

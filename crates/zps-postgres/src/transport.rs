@@ -32,6 +32,7 @@ use crate::migrate::{check_schema, migrate};
 use crate::publish::{Core, NOTIFY_PAYLOAD_LIMIT, Pending, closed, run_publisher};
 use crate::rows::{corrupt, event_from_row, metadata_from, metadata_text, payload_from, to_i64, to_u64};
 use crate::sql::Queries;
+use crate::stats::StatsBootstrap;
 
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Group-commit workers: one statement in flight while the next batch accumulates.
@@ -289,6 +290,15 @@ impl PostgresTransport {
             event_prefix: note_prefix('E', &tag),
             fetch_prefix: note_prefix('R', &tag),
             reset_prefix: note_prefix('X', &tag),
+            stats: Arc::new(StatsBootstrap::new(
+                &names.events,
+                &names.counters,
+                names
+                    .plain
+                    .iter()
+                    .find(|(role, _)| *role == "events")
+                    .map_or(names.events.as_str(), |(_, t)| t.as_str()),
+            )),
             config,
         });
         let mut tasks = vec![reader, processor];
@@ -386,18 +396,27 @@ impl PostgresTransport {
         self.check_open()?;
         let draft = self.inner.draft(event);
         let queue = self.inner.publisher.lock().clone();
-        let Some(queue) = queue else {
-            return self.inner.publish_one(draft).await;
+        let outcome = match queue {
+            None => self.inner.publish_one(draft).await?,
+            Some(queue) => {
+                let (pending, answer) = Pending::new(draft);
+                queue.send(pending).await.map_err(closed)?;
+                answer.await.map_err(closed)??
+            }
         };
-        let (pending, answer) = Pending::new(draft);
-        queue.send(pending).await.map_err(closed)?;
-        answer.await.map_err(closed)?
+        if !outcome.duplicate {
+            self.inner.stats.published(1, &self.inner.pool);
+        }
+        Ok(outcome)
     }
 
     async fn replay_inner(&self, query: &ReplayQuery) -> PgResult<ReplayPage> {
         self.check_open()?;
         let limit = query.effective_limit();
+        // Planned per call (not a cached generic plan): with its parameters unknown, a
+        // plan cached while the table was small reads every later event and sorts them.
         let rows = sqlx::query(&self.inner.q.replay)
+            .persistent(false)
             .bind(query.room.as_str())
             .bind(to_i64(query.from_sequence))
             .bind(query.to_sequence.map_or(i64::MAX, to_i64))
@@ -548,7 +567,10 @@ impl Transport for PostgresTransport {
 
     async fn publish_batch(&self, events: Vec<NewEvent>) -> zps_core::Result<Vec<PublishOutcome>> {
         self.check_open()?;
-        Ok(self.inner.publish_batch(events).await?)
+        let outcomes = self.inner.publish_batch(events).await?;
+        let stored = outcomes.iter().filter(|o| !o.duplicate).count() as u64;
+        self.inner.stats.published(stored, &self.inner.pool);
+        Ok(outcomes)
     }
 
     async fn subscribe(&self, patterns: &[RoomPattern]) -> zps_core::Result<LiveStream> {

@@ -40,6 +40,63 @@ async fn wait_until<F: FnMut() -> bool>(what: &str, mut f: F) {
     }
 }
 
+/// A never-analyzed events table gets planner statistics once 10 000 events were
+/// published, so large catch-ups are planned as ordered index scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grown_events_table_gets_planner_statistics() {
+    let (s, _guard) = schema("stats").await;
+    let t = s.transport().await;
+    let room = unique_room("big");
+    let now = zps_core::Timestamp::now();
+    let analyzed = |admin: zps_postgres::PgPool, schema: String| async move {
+        let row: (bool,) = sqlx::query_as(
+            "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL
+             FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'realtime_events'",
+        )
+        .bind(schema)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        row.0
+    };
+    for chunk in 0..10 {
+        let events = (0..1000)
+            .map(|i| {
+                zps_core::NewEvent::from_request(
+                    req(&room, json!({"i": chunk * 1000 + i})),
+                    Duration::from_secs(600),
+                    now,
+                )
+                .unwrap()
+            })
+            .collect();
+        t.publish_batch(events).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !analyzed(s.admin.clone(), s.name.clone()).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the events table was not analyzed after 10 000 events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let plan: Vec<(String,)> = sqlx::query_as(&format!(
+        "EXPLAIN SELECT sequence FROM {}.realtime_events
+         WHERE room = '{}' AND sequence > 5000 ORDER BY sequence LIMIT 500",
+        s.name,
+        room.as_str()
+    ))
+    .fetch_all(&s.admin)
+    .await
+    .unwrap();
+    let plan: String = plan.into_iter().map(|(l,)| l + "\n").collect();
+    assert!(
+        plan.contains("Index") && !plan.contains("Bitmap") && !plan.contains("Sort"),
+        "a page of a large room should be an ordered index scan:\n{plan}"
+    );
+    t.close().await.unwrap();
+}
+
 /// Two transports (separate pools and LISTEN connections), 8 publishers spread over
 /// both, one room: every subscriber on both sides sees 1..=N once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
