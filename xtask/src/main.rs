@@ -44,7 +44,7 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
-  bench [--provider memory|postgres|redis] [--scenario NAME] [--quick]
+  bench [--provider memory|postgres|redis|hybrid] [--scenario NAME] [--quick]
                                    gateway benchmarks vs a bare broadcast baseline (release build);
                                    scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay;
                                    results appended to bench-results.jsonl. A provider also runs its
@@ -266,7 +266,32 @@ fn bench(args: &[String]) -> Result<()> {
                 .map(String::from),
             );
         }
-        other => bail!("--provider must be memory, postgres or redis, not {other}"),
+        "hybrid" => {
+            // Cross-node latency: PostgreSQL alone, hybrid, and hybrid with lost fan-out.
+            run(cargo()
+                .args(["bench", "-p", "zps-hybrid", "--bench", "cross_node"])
+                .envs(env.clone()))?;
+            gateway_args.extend(
+                [
+                    "--provider",
+                    "hybrid",
+                    "--storage-provider",
+                    "postgres",
+                    "--storage-connection",
+                    &url("ZPS_TEST_POSTGRES_URL"),
+                    "--postgres-schema",
+                    &tag,
+                    "--realtime-provider",
+                    "redis",
+                    "--realtime-connection",
+                    &url("ZPS_TEST_REDIS_URL"),
+                    "--redis-prefix",
+                    &format!("{tag}:"),
+                ]
+                .map(String::from),
+            );
+        }
+        other => bail!("--provider must be memory, postgres, redis or hybrid, not {other}"),
     }
     run(cargo().args([
         "build",
@@ -292,25 +317,22 @@ fn bench(args: &[String]) -> Result<()> {
     }
     let result = run(&mut cmd);
     // The gateway runs stored their events in a schema / key prefix of their own: remove it.
-    match provider.as_str() {
-        "postgres" => {
-            let _ = Command::new("psql")
-                .args([
-                    &url("ZPS_TEST_POSTGRES_URL"),
-                    "-qc",
-                    &format!("DROP SCHEMA IF EXISTS {tag} CASCADE"),
-                ])
-                .status();
-        }
-        "redis" => {
-            let _ = Command::new("sh")
-                .args([
-                    "-c",
-                    &format!("redis-cli --scan --pattern '{tag}:*' | xargs -r redis-cli del >/dev/null"),
-                ])
-                .status();
-        }
-        _ => {}
+    if matches!(provider.as_str(), "postgres" | "hybrid") {
+        let _ = Command::new("psql")
+            .args([
+                &url("ZPS_TEST_POSTGRES_URL"),
+                "-qc",
+                &format!("DROP SCHEMA IF EXISTS {tag} CASCADE"),
+            ])
+            .status();
+    }
+    if matches!(provider.as_str(), "redis" | "hybrid") {
+        let _ = Command::new("sh")
+            .args([
+                "-c",
+                &format!("redis-cli --scan --pattern '{tag}:*' | xargs -r redis-cli del >/dev/null"),
+            ])
+            .status();
     }
     result
 }

@@ -132,9 +132,15 @@ impl Transport for HybridTransport {
 
     async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
         let outcomes = self.storage.publish_batch(events).await?;
-        for o in outcomes.iter().filter(|o| !o.duplicate) {
-            self.fan_out(o.envelope.clone()).await;
-        }
+        // Issued together (in sequence order) so the realtime leg can pipeline them:
+        // one round trip for the batch instead of one per event.
+        futures::future::join_all(
+            outcomes
+                .iter()
+                .filter(|o| !o.duplicate)
+                .map(|o| self.fan_out(o.envelope.clone())),
+        )
+        .await;
         Ok(outcomes)
     }
 
