@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -67,20 +67,11 @@ async fn two_nodes_one_room(a: &Node, b: &Node) {
 
 async fn delete_redis_keys(prefix: &str) {
     use zps_redis::fred::prelude::*;
-    use zps_redis::fred::types::scan::Scanner;
     let client = Builder::from_config(Config::from_url(&redis_url()).unwrap())
         .build()
         .unwrap();
     client.init().await.unwrap();
-    let mut keys: Vec<Key> = Vec::new();
-    let mut pages = client.scan(format!("{prefix}*"), Some(1000), None);
-    while let Some(page) = pages.next().await {
-        let mut page = page.unwrap();
-        keys.extend(page.take_results().unwrap_or_default());
-    }
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await.unwrap();
-    }
+    zps_redis::delete_prefix(&client, prefix).await.unwrap();
     client.quit().await.unwrap();
 }
 

@@ -21,7 +21,6 @@ use zps_conformance::fault::FaultyTransport;
 use zps_core::{PublishRequest, Realtime, Room, SubscribeOptions, SubscriptionItem, Transport};
 use zps_hybrid::{HybridConfig, HybridTransport};
 use zps_redis::fred::prelude::*;
-use zps_redis::fred::types::scan::Scanner;
 
 /// Events per second published on node A.
 const RATE: u64 = 10_000;
@@ -235,14 +234,6 @@ async fn main() {
         .build()
         .unwrap();
     redis.init().await.unwrap();
-    let mut keys: Vec<Key> = Vec::new();
-    let mut pages = redis.scan(format!("{}*", area.prefix), Some(1000), None);
-    while let Some(page) = pages.next().await {
-        let mut page = page.unwrap();
-        keys.extend(page.take_results().unwrap_or_default());
-    }
-    for chunk in keys.chunks(500) {
-        let _: i64 = redis.del(chunk.to_vec()).await.unwrap();
-    }
+    zps_redis::delete_prefix(&redis, &area.prefix).await.unwrap();
     redis.quit().await.unwrap();
 }

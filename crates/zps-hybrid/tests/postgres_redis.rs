@@ -14,7 +14,6 @@ use zps_conformance::{Factory, Fixture, seqs, take_events, unique_room};
 use zps_core::{PublishRequest, Realtime, SubscribeOptions, Transport};
 use zps_hybrid::{HybridConfig, HybridTransport};
 use zps_redis::fred::prelude::*;
-use zps_redis::fred::types::scan::Scanner;
 use zps_redis::fred::types::{ClusterHash, CustomCommand};
 
 fn pg_url() -> String {
@@ -90,15 +89,7 @@ impl Deployment {
             .unwrap();
         pool.close().await;
         let client = admin().await;
-        let mut keys: Vec<Key> = Vec::new();
-        let mut pages = client.scan(format!("{}*", self.prefix), Some(1000), None);
-        while let Some(page) = futures::StreamExt::next(&mut pages).await {
-            let mut page = page.unwrap();
-            keys.extend(page.take_results().unwrap_or_default());
-        }
-        for chunk in keys.chunks(500) {
-            let _: i64 = client.del(chunk.to_vec()).await.unwrap();
-        }
+        zps_redis::delete_prefix(&client, &self.prefix).await.unwrap();
         client.quit().await.unwrap();
     }
 }

@@ -23,7 +23,6 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use zps_core::{LiveSignal, NewEvent, PublishRequest, Room, Timestamp, Transport};
 use zps_redis::fred::prelude::*;
-use zps_redis::fred::types::scan::Scanner;
 use zps_redis::{RedisConfig, RedisTransport, fred};
 
 const RAW_SCRIPT: &str = r#"
@@ -216,18 +215,7 @@ fn us(v: u64) -> String {
 }
 
 async fn cleanup(client: &Client, prefix: &str) {
-    let mut pages = client.scan(format!("{prefix}*"), Some(1000), None);
-    let mut keys = Vec::new();
-    while let Some(page) = pages.next().await {
-        let mut page = page.unwrap();
-        if let Some(k) = page.take_results() {
-            keys.extend(k);
-        }
-        page.next();
-    }
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await.unwrap();
-    }
+    zps_redis::delete_prefix(client, prefix).await.unwrap();
 }
 
 #[tokio::main(flavor = "multi_thread")]

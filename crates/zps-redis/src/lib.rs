@@ -17,6 +17,7 @@
 //!
 //! See `docs/providers/redis.md` for the full key layout and operations notes.
 
+mod admin;
 mod codec;
 mod config;
 mod error;
@@ -24,6 +25,7 @@ mod live;
 mod scripts;
 mod transport;
 
+pub use admin::{delete_prefix, keys_with_prefix};
 pub use config::RedisConfig;
 pub use error::RedisError;
 /// The fred client library this crate is built on, re-exported so injected clients match its version.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::bytes_utils::Str;
 use fred::prelude::*;
-use fred::types::scan::Scanner;
 use fred::types::sorted_sets::Ordering as ZOrdering;
 use fred::types::streams::XID;
 use fred::types::{ClusterHash, CustomCommand};
@@ -541,21 +540,7 @@ impl RedisTransport {
 
     async fn stream_keys(&self) -> Result<Vec<String>> {
         let pattern = self.inner.keys.stream_scan_pattern();
-        let client = &self.inner.client;
-        let mut pages = if client.is_clustered() {
-            client.scan_cluster(pattern, Some(1_000), None).boxed()
-        } else {
-            client.scan(pattern, Some(1_000), None).boxed()
-        };
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let mut page = page.map_err(core)?;
-            if let Some(keys) = page.take_results() {
-                out.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
-            }
-            page.next();
-        }
-        Ok(out)
+        Ok(crate::admin::keys_matching(&self.inner.client, pattern).await?)
     }
 
     async fn ping(client: &Client) -> std::result::Result<(), String> {

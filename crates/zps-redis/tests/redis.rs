@@ -887,3 +887,40 @@ async fn unsubscribing_the_last_stream_releases_the_channel() {
     admin.quit().await.unwrap();
     t.close().await.unwrap();
 }
+
+/// `delete_prefix` removes exactly the keys under a prefix, even one holding glob
+/// characters, and leaves a neighbour the unescaped pattern would have matched.
+#[tokio::test]
+async fn delete_prefix_removes_exactly_the_prefix() {
+    let base = support::unique_prefix();
+    let client = support::raw_client().await;
+    let odd = format!("{base}[a]*?:");
+    let neighbour = format!("{base}a-other:");
+    for i in 0..1200 {
+        let _: () = client
+            .set(format!("{odd}k{i}"), i, None, None, false)
+            .await
+            .unwrap();
+    }
+    let _: () = client
+        .set(format!("{neighbour}k"), 1, None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        zps_redis::keys_with_prefix(&client, &odd).await.unwrap().len(),
+        1200
+    );
+    assert_eq!(zps_redis::delete_prefix(&client, &odd).await.unwrap(), 1200);
+    assert!(
+        zps_redis::keys_with_prefix(&client, &odd)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        zps_redis::keys_with_prefix(&client, &base).await.unwrap(),
+        vec![format!("{neighbour}k")]
+    );
+    assert_eq!(zps_redis::delete_prefix(&client, &base).await.unwrap(), 1);
+    client.quit().await.unwrap();
+}

@@ -3,8 +3,6 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use fred::prelude::*;
-use fred::types::scan::Scanner;
-use futures::StreamExt;
 use zps_redis::{RedisConfig, RedisTransport, fred};
 
 /// The test server's URL.
@@ -65,36 +63,12 @@ pub async fn connect(config: RedisConfig) -> RedisTransport {
 
 /// Every key under `prefix`.
 pub async fn keys_under(client: &Client, prefix: &str) -> Vec<String> {
-    let pattern = format!("{}*", glob_escape(prefix));
-    let mut pages = client.scan(pattern, Some(1000), None);
-    let mut out = Vec::new();
-    while let Some(page) = pages.next().await {
-        let mut page = page.unwrap();
-        if let Some(keys) = page.take_results() {
-            out.extend(keys.iter().filter_map(|k| k.as_str().map(str::to_owned)));
-        }
-        page.next();
-    }
-    out
+    zps_redis::keys_with_prefix(client, prefix).await.unwrap()
 }
 
-/// Deletes every key under `prefix` (SCAN + DEL).
+/// Deletes every key under `prefix`.
 pub async fn cleanup(prefix: &str) {
     let client = raw_client().await;
-    let keys = keys_under(&client, prefix).await;
-    for chunk in keys.chunks(500) {
-        let _: i64 = client.del(chunk.to_vec()).await.unwrap();
-    }
+    zps_redis::delete_prefix(&client, prefix).await.unwrap();
     client.quit().await.unwrap();
-}
-
-fn glob_escape(s: &str) -> String {
-    let mut out = String::new();
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
