@@ -380,33 +380,16 @@ impl RoomTrack {
         let was_blocked = self.blocked;
         self.blocked = false;
         while !self.notices.is_empty() {
-            match self.sink.tx.try_reserve() {
-                Ok(permit) => {
-                    if let Some(n) = self.notices.pop_front() {
-                        permit.send(n);
-                    }
-                }
-                Err(TrySendError::Full(())) => {
-                    self.blocked = true;
-                    return;
-                }
-                Err(TrySendError::Closed(())) => {
-                    self.closed = true;
-                    return;
-                }
+            let Some(permit) = reserve(&self.sink.tx, &mut self.blocked, &mut self.closed) else {
+                return;
+            };
+            if let Some(n) = self.notices.pop_front() {
+                permit.send(n);
             }
         }
         while self.tracker.pending_len() > 0 && self.tracker.missing().is_none() {
-            let permit = match self.sink.tx.try_reserve() {
-                Ok(p) => p,
-                Err(TrySendError::Full(())) => {
-                    self.blocked = true;
-                    return;
-                }
-                Err(TrySendError::Closed(())) => {
-                    self.closed = true;
-                    return;
-                }
+            let Some(permit) = reserve(&self.sink.tx, &mut self.blocked, &mut self.closed) else {
+                return;
             };
             let Some(env) = self.tracker.pop_ready() else {
                 break;
@@ -486,6 +469,27 @@ fn parse_reason(reason: Option<&str>) -> DiscontinuityReason {
         Some("position_expired") => DiscontinuityReason::PositionExpired,
         // Unknown reasons are treated as the stronger statement.
         _ => DiscontinuityReason::StreamReset,
+    }
+}
+
+/// A slot in the consumer's channel, or `None` with the reason recorded: a full
+/// channel marks the room blocked (resumed when the consumer reads), a closed
+/// one marks it closed.
+fn reserve<'a>(
+    tx: &'a mpsc::Sender<ClientEvent>,
+    blocked: &mut bool,
+    closed: &mut bool,
+) -> Option<mpsc::Permit<'a, ClientEvent>> {
+    match tx.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(TrySendError::Full(())) => {
+            *blocked = true;
+            None
+        }
+        Err(TrySendError::Closed(())) => {
+            *closed = true;
+            None
+        }
     }
 }
 
