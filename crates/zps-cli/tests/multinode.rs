@@ -12,10 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 mod support;
 use support::{Gateway as Node, pg_url, ready, recv, redis_url, start_gateway};
 
-fn start(args: &[String]) -> Node {
-    let mut all: Vec<String> = ["--allow-client-publish", "--max-messages-per-window", "100000"]
-        .map(String::from)
-        .to_vec();
+fn start(args: &[&str]) -> Node {
+    let mut all = vec!["--allow-client-publish", "--max-messages-per-window", "100000"];
     all.extend_from_slice(args);
     start_gateway(&all)
 }
@@ -78,17 +76,15 @@ async fn delete_redis_keys(prefix: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_on_redis() {
     let prefix = format!("zps-cli-multi-{}:", std::process::id());
-    let args: Vec<String> = [
+    let redis = redis_url();
+    let args = [
         "--provider",
         "redis",
         "--connection",
-        &redis_url(),
+        &redis,
         "--redis-prefix",
         &prefix,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let (a, b) = (start(&args), start(&args));
     two_nodes_one_room(&a, &b).await;
     drop((a, b));
@@ -110,25 +106,23 @@ async fn two_gateways_on_hybrid_postgres_and_redis() {
         .await
         .unwrap();
     let prefix = format!("zps-cli-hybrid-{}:", std::process::id());
-    let args: Vec<String> = [
+    let (redis, pg) = (redis_url(), pg_url());
+    let args = [
         "--provider",
         "hybrid",
         "--storage-provider",
         "postgres",
         "--storage-connection",
-        &pg_url(),
+        &pg,
         "--postgres-schema",
         &schema,
         "--realtime-provider",
         "redis",
         "--realtime-connection",
-        &redis_url(),
+        &redis,
         "--redis-prefix",
         &prefix,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
     let (a, b) = (start(&args), start(&args));
     two_nodes_one_room(&a, &b).await;
     drop((a, b));
