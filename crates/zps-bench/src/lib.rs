@@ -1,5 +1,6 @@
-//! Shared pieces of the zero-pub-sub load generators: latency histograms,
-//! process memory readings and result reporting.
+//! The zero-pub-sub load generators: a WebSocket client cheaper per delivery
+//! than the servers it measures, the bare broadcast loop, nats-server as the
+//! external peer, runs with CPU accounting, and reports with ratios.
 
 use std::time::Duration;
 
@@ -7,6 +8,13 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 pub mod baseline;
+pub mod cpu;
+pub mod load;
+pub mod nats;
+pub mod report;
+pub mod servers;
+pub mod shape;
+pub mod wsclient;
 
 /// The unsigned integer after `key` in `s` (a cheap scan instead of a JSON parse,
 /// so the load generator spends its CPU on sockets, not on parsing).

@@ -27,6 +27,8 @@ pub(crate) trait Writer: Send {
     fn write(&mut self, out: Outbound) -> impl Future<Output = Result<(), Disconnected>> + Send;
     /// Pushes buffered bytes to the peer.
     fn flush(&mut self) -> impl Future<Output = Result<(), Disconnected>> + Send;
+    /// How long a write may make no progress before the peer is given up.
+    fn stall(&self) -> Duration;
 }
 
 /// A WebSocket sink. A write that makes no progress for `stall` means the peer
@@ -43,17 +45,17 @@ impl Writer for WsWriter {
             Outbound::Sse(_) => return Ok(()),
             Outbound::Close(code) => Message::Close(Some(close_frame(code))),
         };
-        match tokio::time::timeout(self.stall, self.sink.feed(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Disconnected),
-        }
+        // Buffered: the socket is written when the buffer fills or on flush.
+        // The stall limit applies to the whole batch (see `Pipe::forward`).
+        self.sink.feed(msg).await.map_err(|_| Disconnected)
     }
 
     async fn flush(&mut self) -> Result<(), Disconnected> {
-        match tokio::time::timeout(self.stall, self.sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(Disconnected),
-        }
+        self.sink.flush().await.map_err(|_| Disconnected)
+    }
+
+    fn stall(&self) -> Duration {
+        self.stall
     }
 }
 
@@ -74,10 +76,7 @@ pub(crate) struct SseWriter {
 impl Writer for SseWriter {
     async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
         match out {
-            Outbound::Sse(bytes) => match tokio::time::timeout(self.stall, self.tx.send(Ok(bytes))).await {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(Disconnected),
-            },
+            Outbound::Sse(bytes) => self.tx.send(Ok(bytes)).await.map_err(|_| Disconnected),
             Outbound::Ws(_) => Ok(()),
             // Ending the body is how an SSE stream closes.
             Outbound::Close(_) => Err(Disconnected),
@@ -86,6 +85,10 @@ impl Writer for SseWriter {
 
     async fn flush(&mut self) -> Result<(), Disconnected> {
         Ok(())
+    }
+
+    fn stall(&self) -> Duration {
+        self.stall
     }
 }
 
@@ -97,27 +100,44 @@ pub(crate) struct Pipe<W> {
 }
 
 impl<W: Writer> Pipe<W> {
-    /// Writes an item directly (not through the queue).
+    /// Writes an item directly (not through the queue); it reaches the peer
+    /// with the next flush.
     pub(crate) async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
         crate::hot::hot().frames_sent.increment(1);
-        self.writer.write(out).await
+        let stall = self.writer.stall();
+        // A timeout whose future completes on the first poll never arms its timer.
+        match tokio::time::timeout(stall, self.writer.write(out)).await {
+            Ok(r) => r,
+            Err(_) => Err(Disconnected),
+        }
     }
 
-    /// Writes one queued item and everything else already queued, then flushes.
-    /// Returns the close code if a close was queued.
+    /// Writes one queued item and everything else already queued, then flushes
+    /// once: one system call per batch, not per frame. Returns the close code if
+    /// a close was queued.
     pub(crate) async fn forward(&mut self, first: Outbound) -> Result<Option<CloseCode>, Disconnected> {
-        let mut next = Some(first);
-        while let Some(out) = next.take().or_else(|| self.rx.try_recv().ok()) {
-            if let Outbound::Close(code) = out {
-                return Ok(Some(code));
+        let stall = self.writer.stall();
+        let (mut frames, mut bytes) = (0u64, 0usize);
+        let batch = async {
+            let mut next = Some(first);
+            while let Some(out) = next.take().or_else(|| self.rx.try_recv().ok()) {
+                if let Outbound::Close(code) = out {
+                    return Ok(Some(code));
+                }
+                bytes += out.len();
+                frames += 1;
+                self.writer.write(out).await?;
             }
-            let n = out.len();
-            let written = self.write(out).await;
-            self.conn.written(n);
-            written?;
-        }
-        self.writer.flush().await?;
-        Ok(None)
+            self.writer.flush().await?;
+            Ok(None)
+        };
+        let result = match tokio::time::timeout(stall, batch).await {
+            Ok(r) => r,
+            Err(_) => Err(Disconnected),
+        };
+        self.conn.written(bytes);
+        crate::hot::hot().frames_sent.increment(frames);
+        result
     }
 
     /// Writes whatever is queued right now (used between history pages).
@@ -130,12 +150,15 @@ impl<W: Writer> Pipe<W> {
                 }
                 None => Ok(()),
             },
-            Err(_) => self.writer.flush().await,
+            Err(_) => self.flush().await,
         }
     }
 
     /// Flushes buffered writes.
     pub(crate) async fn flush(&mut self) -> Result<(), Disconnected> {
-        self.writer.flush().await
+        match tokio::time::timeout(self.writer.stall(), self.writer.flush()).await {
+            Ok(r) => r,
+            Err(_) => Err(Disconnected),
+        }
     }
 }

@@ -25,6 +25,8 @@ use crate::shared::{ConnSlot, Shared};
 
 /// How long before `exp` a `token_expiring` notice is sent.
 const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
+/// Bytes of frames gathered before the socket is written (flushes write sooner).
+const WRITE_BUFFER: usize = 64 * 1024;
 /// Consecutive rate-limited windows before the connection is closed.
 const MAX_FLOODED_WINDOWS: u32 = 3;
 
@@ -40,10 +42,13 @@ pub(crate) async fn handler(
     }
     let limits = &gw.config.limits;
     let ws = ws
-        // Small buffers keep an idle connection cheap; they grow only while needed.
+        // A small read buffer keeps an idle connection cheap. Writes are
+        // buffered up to WRITE_BUFFER and go out on flush: a connection writes
+        // everything queued with one system call (the buffer only grows while
+        // a batch needs it, so an idle connection holds none).
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(limits.max_socket_buffered_bytes.max(64 * 1024))
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(limits.max_socket_buffered_bytes.max(WRITE_BUFFER) + WRITE_BUFFER)
         .max_message_size(limits.max_frame_bytes())
         .max_frame_size(limits.max_frame_bytes());
     if gw.is_draining() {

@@ -18,6 +18,7 @@ use serde_json::value::RawValue;
 use zps_core::{Envelope, EphemeralEvent, Metadata, PresenceMember, Snapshot};
 
 mod codes;
+pub mod compact;
 
 pub use codes::{CloseCode, ErrorCode};
 
