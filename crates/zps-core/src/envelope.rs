@@ -80,8 +80,54 @@ impl Envelope {
 
     /// Serialized JSON, for providers that store or ship the whole envelope.
     pub fn to_json(&self) -> String {
-        // Every field serializes infallibly (strings, numbers, raw JSON, string-keyed maps).
-        serde_json::to_string(self).unwrap_or_default()
+        let mut out = String::with_capacity(self.json_len_hint());
+        self.write_json(&mut out);
+        out
+    }
+
+    /// A capacity that fits the JSON of most envelopes in one allocation.
+    pub fn json_len_hint(&self) -> usize {
+        140 + self.id.len() + self.event_type.len() + self.room.as_str().len() + self.payload.get().len()
+    }
+
+    /// Appends the JSON form to `out` — the same bytes as serializing with
+    /// serde, written directly: a room's fan-out serializes every event.
+    pub fn write_json(&self, out: &mut String) {
+        out.push_str("{\"id\":");
+        push_json_str(out, &self.id);
+        out.push_str(",\"type\":");
+        push_json_str(out, &self.event_type);
+        out.push_str(",\"room\":");
+        push_json_str(out, self.room.as_str());
+        out.push_str(",\"sequence\":");
+        out.push_str(itoa::Buffer::new().format(self.sequence));
+        out.push_str(",\"emittedAt\":\"");
+        self.emitted_at.write_rfc3339(out);
+        out.push_str("\",\"expiresAt\":\"");
+        self.expires_at.write_rfc3339(out);
+        out.push_str("\",\"payload\":");
+        out.push_str(self.payload.get());
+        if let Some(m) = &self.metadata {
+            out.push_str(",\"metadata\":");
+            // String-keyed JSON values serialize infallibly.
+            out.push_str(&serde_json::to_string(m).unwrap_or_else(|_| "{}".into()));
+        }
+        if self.encrypted {
+            out.push_str(",\"encrypted\":true");
+        }
+        out.push('}');
+    }
+}
+
+/// Appends `s` as a JSON string literal (serde's escaping, without its
+/// machinery for the common case of nothing to escape).
+pub fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
 }
 
@@ -396,6 +442,25 @@ mod tests {
         assert_eq!(back.sequence, 7);
         assert_eq!(back.payload.get(), r#"{"a":1}"#);
         assert!(!back.encrypted);
+    }
+
+    #[test]
+    fn the_direct_writer_matches_serde_byte_for_byte() {
+        let mut cases = vec![sample()];
+        let mut e = sample();
+        e.metadata = None;
+        e.encrypted = true;
+        cases.push(e);
+        let mut e = sample();
+        e.id = "quote\" back\\slash \u{1} tab\t é ✓".into();
+        e.event_type = "ünïcödé".into();
+        e.sequence = u64::MAX;
+        e.emitted_at = Timestamp::from_millis(-1);
+        e.metadata = Some(serde_json::from_str(r#"{"b":[1,{"c":null}],"a":"x\"y"}"#).unwrap());
+        cases.push(e);
+        for e in cases {
+            assert_eq!(e.to_json(), serde_json::to_string(&e).unwrap());
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod engine;
 pub mod envelope;
 pub mod error;
 pub mod fanout;
+pub mod fast_hash;
 pub mod memory;
 pub mod metrics;
 pub mod middleware;
@@ -53,13 +54,14 @@ pub use envelope::{
     PublishRequest, Snapshot,
 };
 pub use error::{Error, ErrorCode, Result, TransportError, TransportErrorKind};
+pub use fanout::TapGuard;
 pub use memory::{MemoryConfig, MemoryTransport};
 pub use metrics::MetricsSnapshot;
 pub use room::{Room, RoomError, RoomPattern, room};
 pub use time::Timestamp;
 pub use transport::{
-    Capabilities, HealthStatus, LiveSignal, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo, Transport,
-    TransportHealth,
+    Capabilities, HealthStatus, LiveSignal, LiveTap, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
+    Transport, TransportHealth,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -7,6 +7,8 @@
 //! against a restarted server is told its position is gone.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::fast_hash::FastMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,12 +20,12 @@ use tokio::time::Instant;
 
 use crate::envelope::{DlqEntry, Envelope, EphemeralEvent, NewDlqEntry, NewEvent, PresenceMember, Snapshot};
 use crate::error::{Error, Result};
-use crate::fanout::{DEFAULT_CHANNEL_CAPACITY, FanoutItem, LocalFanout};
+use crate::fanout::{DEFAULT_CHANNEL_CAPACITY, FanoutItem, LocalFanout, TapGuard};
 use crate::room::{Room, RoomPattern};
 use crate::time::Timestamp;
 use crate::transport::{
-    Capabilities, EphemeralStream, LiveSignal, LiveStream, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
-    Transport, TransportHealth,
+    Capabilities, EphemeralStream, LiveSignal, LiveStream, LiveTap, PublishOutcome, ReplayPage, ReplayQuery,
+    RoomInfo, Transport, TransportHealth,
 };
 
 /// Settings of the in-memory transport.
@@ -51,29 +53,58 @@ impl Default for MemoryConfig {
 struct RoomLog {
     last_sequence: u64,
     events: VecDeque<Arc<Envelope>>,
-    ids: HashMap<String, u64>,
-    cursors: HashMap<String, u64>,
+    /// Idempotency index: a 64-bit keyed hash of the id → its sequence, so
+    /// storing an event copies no id; a hit is confirmed against the stored
+    /// event's id.
+    ids: FastMap<u64, u64>,
+    /// Live taps of this room, run under the room lock (see `Transport::tap`).
+    taps: Vec<(u64, LiveTap)>,
+    /// Cursors, snapshot and dead letters: most rooms have none, so they live
+    /// out of line and only once used.
+    extras: Option<Box<RoomExtras>>,
+}
+
+#[derive(Default)]
+struct RoomExtras {
+    cursors: FastMap<String, u64>,
     snapshot: Option<Snapshot>,
     dlq: VecDeque<DlqEntry>,
     next_dlq_id: u64,
 }
 
 impl RoomLog {
+    fn extras(&mut self) -> &mut RoomExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
     fn find(&self, sequence: u64) -> Option<&Arc<Envelope>> {
         let idx = self.events.binary_search_by_key(&sequence, |e| e.sequence).ok()?;
         self.events.get(idx)
     }
 
-    fn evict_front(&mut self) {
+    fn evict_front(&mut self, ids: &ahash::RandomState) {
         if let Some(old) = self.events.pop_front() {
-            self.ids.remove(&old.id);
+            self.forget_id(ids, &old);
         }
     }
 
+    fn forget_id(&mut self, ids: &ahash::RandomState, e: &Envelope) {
+        let key = ids.hash_one(&e.id);
+        if self.ids.get(&key) == Some(&e.sequence) {
+            self.ids.remove(&key);
+        }
+    }
+
+    /// The stored event with this id, if it is still retained.
+    fn by_id(&self, ids: &ahash::RandomState, id: &str) -> Option<&Arc<Envelope>> {
+        let seq = *self.ids.get(&ids.hash_one(id))?;
+        self.find(seq).filter(|e| e.id == id)
+    }
+
     /// Drops expired events at the front so the retained range starts at a live event.
-    fn trim_expired_front(&mut self, now: Timestamp) {
+    fn trim_expired_front(&mut self, ids: &ahash::RandomState, now: Timestamp) {
         while self.events.front().is_some_and(|e| e.is_expired_at(now)) {
-            self.evict_front();
+            self.evict_front(ids);
         }
     }
 
@@ -92,10 +123,17 @@ struct MemberState {
     connections: HashMap<String, Instant>,
 }
 
+/// Room logs are spread over this many maps, so publishers on different
+/// cores rarely meet on one lock word.
+const ROOM_SHARDS: usize = 16;
+
 struct Inner {
     config: MemoryConfig,
     epoch: String,
-    rooms: RwLock<HashMap<Room, Arc<Mutex<RoomLog>>>>,
+    rooms: [RwLock<FastMap<Room, Arc<Mutex<RoomLog>>>>; ROOM_SHARDS],
+    /// Picks a room's shard; also keys the idempotency index.
+    shard_hasher: ahash::RandomState,
+    next_tap: std::sync::atomic::AtomicU64,
     live: LocalFanout<Arc<Envelope>>,
     ephemeral: LocalFanout<Arc<EphemeralEvent>>,
     presence: Mutex<HashMap<Room, HashMap<String, MemberState>>>,
@@ -122,7 +160,9 @@ impl MemoryTransport {
             inner: Arc::new(Inner {
                 epoch: format!("mem-{}", uuid::Uuid::now_v7().simple()),
                 config,
-                rooms: RwLock::new(HashMap::new()),
+                rooms: std::array::from_fn(|_| RwLock::new(FastMap::default())),
+                shard_hasher: ahash::RandomState::new(),
+                next_tap: std::sync::atomic::AtomicU64::new(0),
                 live: LocalFanout::new(capacity),
                 ephemeral: LocalFanout::new(capacity),
                 presence: Mutex::new(HashMap::new()),
@@ -136,15 +176,29 @@ impl MemoryTransport {
         &self.inner.epoch
     }
 
+    fn shard(&self, room: &Room) -> &RwLock<FastMap<Room, Arc<Mutex<RoomLog>>>> {
+        let i = self.inner.shard_hasher.hash_one(room) as usize % ROOM_SHARDS;
+        &self.inner.rooms[i]
+    }
+
     fn log(&self, room: &Room) -> Arc<Mutex<RoomLog>> {
-        if let Some(log) = self.inner.rooms.read().get(room) {
+        let shard = self.shard(room);
+        if let Some(log) = shard.read().get(room) {
             return log.clone();
         }
-        self.inner.rooms.write().entry(room.clone()).or_default().clone()
+        shard.write().entry(room.clone()).or_default().clone()
     }
 
     fn existing_log(&self, room: &Room) -> Option<Arc<Mutex<RoomLog>>> {
-        self.inner.rooms.read().get(room).cloned()
+        self.shard(room).read().get(room).cloned()
+    }
+
+    fn all_logs(&self) -> Vec<Arc<Mutex<RoomLog>>> {
+        self.inner
+            .rooms
+            .iter()
+            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     fn check_open(&self) -> Result<()> {
@@ -175,9 +229,8 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         let log = self.log(&event.room);
         let mut log = log.lock();
-        if let Some(&seq) = log.ids.get(&event.id)
-            && let Some(original) = log.find(seq)
-        {
+        let ids = &self.inner.shard_hasher;
+        if let Some(original) = log.by_id(ids, &event.id) {
             return Ok(PublishOutcome {
                 envelope: original.clone(),
                 duplicate: true,
@@ -185,12 +238,15 @@ impl Transport for MemoryTransport {
         }
         log.last_sequence += 1;
         let envelope = Arc::new(event.into_envelope(log.last_sequence));
-        log.ids.insert(envelope.id.clone(), envelope.sequence);
+        log.ids.insert(ids.hash_one(&envelope.id), envelope.sequence);
         log.events.push_back(envelope.clone());
         while log.events.len() > self.inner.config.max_events_per_room {
-            log.evict_front();
+            log.evict_front(ids);
         }
         // Sent while the room lock is held, so live order equals sequence order.
+        for (_, tap) in &log.taps {
+            tap(&envelope);
+        }
         self.inner.live.send(&envelope.room, envelope.clone());
         Ok(PublishOutcome {
             envelope,
@@ -218,6 +274,18 @@ impl Transport for MemoryTransport {
             .boxed())
     }
 
+    fn tap(&self, pattern: &RoomPattern, tap: LiveTap) -> Option<TapGuard> {
+        // Called under the room lock, in sequence order, nothing in between to overflow.
+        self.check_open().ok()?;
+        let RoomPattern::Exact(room) = pattern else {
+            return Some(self.inner.live.tap(pattern, tap));
+        };
+        let id = self.inner.next_tap.fetch_add(1, Ordering::Relaxed);
+        let log = self.log(room);
+        log.lock().taps.push((id, tap));
+        Some(TapGuard::new(move || log.lock().taps.retain(|(i, _)| *i != id)))
+    }
+
     async fn replay(&self, query: &ReplayQuery) -> Result<ReplayPage> {
         self.check_open()?;
         let Some(log) = self.existing_log(&query.room) else {
@@ -231,7 +299,7 @@ impl Transport for MemoryTransport {
         let limit = query.effective_limit();
         let upper = query.to_sequence.unwrap_or(u64::MAX);
         let mut log = log.lock();
-        log.trim_expired_front(now);
+        log.trim_expired_front(&self.inner.shard_hasher, now);
         let start = log.events.partition_point(|e| e.sequence <= query.from_sequence);
         let mut page = ReplayPage {
             events: Vec::new(),
@@ -266,7 +334,7 @@ impl Transport for MemoryTransport {
         Ok(match self.existing_log(room) {
             Some(log) => {
                 let mut log = log.lock();
-                log.trim_expired_front(Timestamp::now());
+                log.trim_expired_front(&self.inner.shard_hasher, Timestamp::now());
                 log.info(&self.inner.epoch)
             }
             None => RoomLog::default().info(&self.inner.epoch),
@@ -277,7 +345,7 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         let log = self.log(room);
         let mut log = log.lock();
-        let cursor = log.cursors.entry(subscriber_id.to_owned()).or_insert(0);
+        let cursor = log.extras().cursors.entry(subscriber_id.to_owned()).or_insert(0);
         *cursor = (*cursor).max(sequence);
         Ok(*cursor)
     }
@@ -286,13 +354,13 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         Ok(self
             .existing_log(room)
-            .and_then(|log| log.lock().cursors.get(subscriber_id).copied()))
+            .and_then(|log| log.lock().extras.as_ref()?.cursors.get(subscriber_id).copied()))
     }
 
     async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         self.check_open()?;
         let log = self.log(&snapshot.room);
-        log.lock().snapshot = Some(snapshot);
+        log.lock().extras().snapshot = Some(snapshot);
         Ok(())
     }
 
@@ -300,13 +368,14 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         Ok(self
             .existing_log(room)
-            .and_then(|log| log.lock().snapshot.clone()))
+            .and_then(|log| log.lock().extras.as_ref()?.snapshot.clone()))
     }
 
     async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
         self.check_open()?;
         let log = self.log(room);
         let mut log = log.lock();
+        let log = log.extras();
         log.next_dlq_id += 1;
         let stored = DlqEntry {
             entry_id: log.next_dlq_id,
@@ -327,7 +396,11 @@ impl Transport for MemoryTransport {
     async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
         self.check_open()?;
         Ok(self.existing_log(room).map_or_else(Vec::new, |log| {
-            log.lock()
+            let log = log.lock();
+            let Some(extras) = &log.extras else {
+                return Vec::new();
+            };
+            extras
                 .dlq
                 .iter()
                 .filter(|e| e.entry_id > after)
@@ -343,16 +416,19 @@ impl Transport for MemoryTransport {
             return Ok(0);
         };
         let mut log = log.lock();
-        let before = log.dlq.len();
-        log.dlq.retain(|e| !entry_ids.contains(&e.entry_id));
-        Ok((before - log.dlq.len()) as u64)
+        let Some(extras) = &mut log.extras else {
+            return Ok(0);
+        };
+        let before = extras.dlq.len();
+        extras.dlq.retain(|e| !entry_ids.contains(&e.entry_id));
+        Ok((before - extras.dlq.len()) as u64)
     }
 
     async fn dlq_len(&self, room: &Room) -> Result<u64> {
         self.check_open()?;
-        Ok(self
-            .existing_log(room)
-            .map_or(0, |log| log.lock().dlq.len() as u64))
+        Ok(self.existing_log(room).map_or(0, |log| {
+            log.lock().extras.as_ref().map_or(0, |x| x.dlq.len() as u64)
+        }))
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
@@ -450,16 +526,20 @@ impl Transport for MemoryTransport {
     async fn prune_expired(&self) -> Result<u64> {
         self.check_open()?;
         let now = Timestamp::now();
-        let logs: Vec<_> = self.inner.rooms.read().values().cloned().collect();
+        let logs = self.all_logs();
         let mut removed = 0u64;
         for log in logs {
             let mut log = log.lock();
             let before = log.events.len();
+            let hasher = &self.inner.shard_hasher;
             let RoomLog { events, ids, .. } = &mut *log;
             events.retain(|e| {
                 let keep = !e.is_expired_at(now);
                 if !keep {
-                    ids.remove(&e.id);
+                    let key = hasher.hash_one(&e.id);
+                    if ids.get(&key) == Some(&e.sequence) {
+                        ids.remove(&key);
+                    }
                 }
                 keep
             });
@@ -473,8 +553,15 @@ impl Transport for MemoryTransport {
         if self.inner.closed.load(Ordering::Acquire) {
             h.fail("closed");
         }
-        h.details
-            .insert("rooms".into(), self.inner.rooms.read().len().into());
+        h.details.insert(
+            "rooms".into(),
+            self.inner
+                .rooms
+                .iter()
+                .map(|s| s.read().len())
+                .sum::<usize>()
+                .into(),
+        );
         h.details.insert("epoch".into(), self.inner.epoch.clone().into());
         h
     }

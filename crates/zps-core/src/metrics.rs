@@ -1,17 +1,24 @@
 //! Engine counters: a cheap in-process snapshot (`Realtime::metrics()`) and the
 //! same figures through the `metrics` facade, so any exporter (the gateway's
 //! Prometheus endpoint) sees them as `zps_*` series with bounded labels.
+//!
+//! The per-event counters (published, delivered, replayed, delivery lag) are
+//! [`ShardedCounter`]s: every event touches them, and one atomic shared by all
+//! cores costs a cache-line transfer per event. Once [`export_on_scrape`] is
+//! on (the gateway turns it on with its Prometheus recorder), they reach the
+//! facade when [`Metrics::export`] runs before a scrape, instead of per event.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
 /// Counters shared by the engine and its subscriptions.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    published: AtomicU64,
-    received: AtomicU64,
-    replayed: AtomicU64,
+    published: ShardedCounter,
+    received: ShardedCounter,
+    replayed: ShardedCounter,
     acked: AtomicU64,
     duplicates_dropped: AtomicU64,
     gaps_detected: AtomicU64,
@@ -24,10 +31,90 @@ pub struct Metrics {
     discontinuities: AtomicU64,
     replay_calls: AtomicU64,
     replay_micros: AtomicU64,
-    lag_samples: AtomicU64,
-    lag_millis_total: AtomicU64,
+    lag_samples: ShardedCounter,
+    lag_millis_total: ShardedCounter,
     active_listeners: AtomicI64,
     ephemeral_published: AtomicU64,
+    hot: OnceLock<Hot>,
+    /// What [`Metrics::export`] already handed to the facade (it adds deltas,
+    /// so several engines in one process sum up as before).
+    exported: [AtomicU64; 3],
+}
+
+const SHARDS: usize = 16;
+
+/// One cache line (two, against adjacent-line prefetch) per shard.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A counter that many threads add to without sharing a cache line: each
+/// thread adds to its own shard; reading sums the shards.
+#[derive(Debug)]
+pub struct ShardedCounter {
+    shards: [Padded; SHARDS],
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ShardedCounter {
+    /// A zero counter (usable in a `static`).
+    pub const fn new() -> Self {
+        Self {
+            shards: [const { Padded(AtomicU64::new(0)) }; SHARDS],
+        }
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.shards[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .fold(0u64, |a, s| a.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// This thread's shard.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+static EXPORT_ON_SCRAPE: AtomicBool = AtomicBool::new(false);
+
+/// Switches the per-event counters to export-on-scrape (see the module docs):
+/// whoever renders the metrics calls [`Metrics::export`] (through
+/// `Realtime::export_metrics`) first. The gateway does this when it installs
+/// its Prometheus recorder. Without it, every event updates the facade.
+pub fn export_on_scrape() {
+    EXPORT_ON_SCRAPE.store(true, Ordering::Release);
+}
+
+/// Whether [`export_on_scrape`] is on.
+pub fn deferred() -> bool {
+    EXPORT_ON_SCRAPE.load(Ordering::Relaxed)
+}
+
+/// The delivery-lag histogram's handle (a histogram cannot be exported as a total).
+struct Hot {
+    lag: ::metrics::Histogram,
+}
+
+impl std::fmt::Debug for Hot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hot")
+    }
 }
 
 /// A point-in-time copy of [`Metrics`], serialized camelCase like the seed's `snapshotMetrics()`.
@@ -81,22 +168,66 @@ macro_rules! bump {
 }
 
 impl Metrics {
+    fn lag_histogram(&self) -> Option<&::metrics::Histogram> {
+        if !deferred() {
+            return None;
+        }
+        Some(
+            &self
+                .hot
+                .get_or_init(|| Hot {
+                    lag: ::metrics::histogram!("zps_delivery_lag_seconds"),
+                })
+                .lag,
+        )
+    }
+
     /// Counts a stored event.
     pub fn published(&self) {
-        bump!(self.published, "zps_events_published_total", 1);
+        self.published.add(1);
+        if !deferred() {
+            ::metrics::counter!("zps_events_published_total").increment(1);
+        }
     }
     /// Counts a delivered event, with its publish→deliver lag when it came live.
     pub fn received(&self, live_lag_ms: Option<u64>) {
-        bump!(self.received, "zps_events_delivered_total", 1);
+        self.received.add(1);
+        if !deferred() {
+            ::metrics::counter!("zps_events_delivered_total").increment(1);
+        }
         if let Some(lag) = live_lag_ms {
-            self.lag_samples.fetch_add(1, Ordering::Relaxed);
-            self.lag_millis_total.fetch_add(lag, Ordering::Relaxed);
-            ::metrics::histogram!("zps_delivery_lag_seconds").record(lag as f64 / 1000.0);
+            self.lag_samples.add(1);
+            self.lag_millis_total.add(lag);
+            let seconds = lag as f64 / 1000.0;
+            match self.lag_histogram() {
+                Some(h) => h.record(seconds),
+                None => ::metrics::histogram!("zps_delivery_lag_seconds").record(seconds),
+            }
         }
     }
     /// Counts events read from history.
     pub fn replayed(&self, n: u64) {
-        bump!(self.replayed, "zps_events_replayed_total", n);
+        self.replayed.add(n);
+        if !deferred() {
+            ::metrics::counter!("zps_events_replayed_total").increment(n);
+        }
+    }
+
+    /// Hands the per-event counters' growth since the last call to the
+    /// `metrics` facade (a no-op unless [`export_on_scrape`] is on).
+    pub fn export(&self) {
+        if !deferred() {
+            return;
+        }
+        let series = [
+            ("zps_events_published_total", self.published.get()),
+            ("zps_events_delivered_total", self.received.get()),
+            ("zps_events_replayed_total", self.replayed.get()),
+        ];
+        for ((name, now), exported) in series.into_iter().zip(&self.exported) {
+            let before = exported.swap(now, Ordering::AcqRel);
+            ::metrics::counter!(name).increment(now.saturating_sub(before));
+        }
     }
     /// Counts an ack.
     pub fn acked(&self) {
@@ -164,11 +295,11 @@ impl Metrics {
     pub fn snapshot(&self, active_rooms: u64) -> MetricsSnapshot {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let replay_calls = get(&self.replay_calls);
-        let lag_samples = get(&self.lag_samples);
+        let lag_samples = self.lag_samples.get();
         MetricsSnapshot {
-            published: get(&self.published),
-            received: get(&self.received),
-            replayed: get(&self.replayed),
+            published: self.published.get(),
+            received: self.received.get(),
+            replayed: self.replayed.get(),
             acked: get(&self.acked),
             duplicates_dropped: get(&self.duplicates_dropped),
             gaps_detected: get(&self.gaps_detected),
@@ -189,7 +320,7 @@ impl Metrics {
             average_delivery_lag_ms: if lag_samples == 0 {
                 0.0
             } else {
-                get(&self.lag_millis_total) as f64 / lag_samples as f64
+                self.lag_millis_total.get() as f64 / lag_samples as f64
             },
             ephemeral_published: get(&self.ephemeral_published),
         }

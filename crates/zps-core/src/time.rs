@@ -58,9 +58,59 @@ impl From<DateTime<Utc>> for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Appends the RFC 3339 form (`2026-11-18T11:06:40.123Z`) to `out`. Every
+    /// event frame carries two timestamps, so years 0–9999 take a direct
+    /// path; others go through chrono.
+    pub fn write_rfc3339(self, out: &mut String) {
+        let ms = self.0;
+        let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (y, m, d) = civil_from_days(days);
+        if !(0..=9999).contains(&y) {
+            out.push_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true));
+            return;
+        }
+        let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
+        let (min, rest) = (rest / 60_000, rest % 60_000);
+        let (sec, milli) = (rest / 1000, rest % 1000);
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: i64| {
+            for i in (0..width).rev() {
+                b[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y);
+        put(5, 2, m);
+        put(8, 2, d);
+        put(11, 2, h);
+        put(14, 2, min);
+        put(17, 2, sec);
+        put(20, 3, milli);
+        // The buffer holds ASCII digits and separators only.
+        out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true))
+        let mut s = String::with_capacity(24);
+        self.write_rfc3339(&mut s);
+        f.write_str(&s)
     }
 }
 
@@ -72,7 +122,9 @@ impl fmt::Debug for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut out = String::with_capacity(24);
+        self.write_rfc3339(&mut out);
+        s.serialize_str(&out)
     }
 }
 
@@ -96,6 +148,34 @@ mod tests {
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(json, "\"2026-11-18T11:06:40.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+    }
+
+    #[test]
+    fn the_direct_path_agrees_with_chrono() {
+        let chrono = |t: Timestamp| t.to_datetime().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut samples = vec![
+            0,
+            1,
+            -1,
+            951_782_400_000,
+            4_107_542_399_999,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ];
+        // Every day boundary across leap years and centuries, plus odd milliseconds.
+        let mut t = -2_208_988_800_000i64; // 1900-01-01
+        while t < 4_102_444_800_000 {
+            samples.push(t);
+            samples.push(t + 86_399_999);
+            t += 86_400_000 * 7 + 3_723_456;
+        }
+        for ms in samples {
+            let ts = Timestamp::from_millis(ms);
+            assert_eq!(ts.to_string(), chrono(ts), "{ms}");
+        }
+        // Outside 0..=9999 chrono writes it.
+        let far = Timestamp::from_millis(260_000_000_000_000);
+        assert_eq!(far.to_string(), chrono(far));
     }
 
     #[test]

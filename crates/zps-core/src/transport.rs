@@ -147,6 +147,8 @@ pub enum LiveSignal {
 
 /// A live event stream; ends when the transport closes.
 pub type LiveStream = BoxStream<'static, LiveSignal>;
+/// A synchronous receiver of stored events (see [`Transport::tap`]).
+pub type LiveTap = crate::fanout::Tap<Arc<Envelope>>;
 /// A live ephemeral stream; ends when the transport closes.
 pub type EphemeralStream = BoxStream<'static, Arc<EphemeralEvent>>;
 
@@ -210,6 +212,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Stores the event under the room's next sequence and fans it out.
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome>;
 
+    /// Whether [`Transport::publish_batch`] stores many events in one round trip
+    /// (providers that override it say so). The engine then keeps a copy of a
+    /// batch to retry it event by event if the batch fails; otherwise it stores
+    /// event by event directly.
+    fn batches_publishes(&self) -> bool {
+        false
+    }
+
     /// Stores several events (possibly in different rooms). Providers that can batch override this.
     async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
         let mut out = Vec::with_capacity(events.len());
@@ -233,6 +243,17 @@ pub trait Transport: Send + Sync + 'static {
     /// Opens a live stream for these rooms/patterns. Events published after this
     /// returns are delivered; earlier ones are read with [`Transport::replay`].
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream>;
+
+    /// Runs `tap` for every event of `pattern` stored from now on, on the
+    /// storing path itself: synchronously, in sequence order, none missing, no
+    /// task hop. Only transports whose local live path has those properties
+    /// offer it (the embedded memory transport); the others return `None` and
+    /// callers use [`Transport::subscribe`]. A tap must not block or call back
+    /// into the transport.
+    fn tap(&self, pattern: &RoomPattern, tap: LiveTap) -> Option<crate::fanout::TapGuard> {
+        let _ = (pattern, tap);
+        None
+    }
 
     /// Reads one page of history.
     async fn replay(&self, query: &ReplayQuery) -> Result<ReplayPage>;

@@ -1,37 +1,46 @@
 //! Per-connection shared state: what the connection subscribed to, where each
-//! room stands (catching up or live), and its bounded outbound queue.
+//! room stands (catching up or live), and its outbound queue — all under one
+//! lock, so a hub's push costs one uncontended lock, one lookup and one queue
+//! push, and wakes the connection task only when it was idle.
 //!
 //! Hubs push into a connection without ever waiting: a connection whose
 //! backlog exceeds `max_socket_buffered_bytes` (or whose queue is full) is
 //! marked for closing as a slow consumer, and nobody else is slowed down.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::task::{Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, mpsc};
 use zps_core::{Discontinuity, Room, RoomPattern};
 use zps_protocol::{CloseCode, DiscontinuityNotice, ServerMessage};
 
 use crate::frames::{ConnKind, EphemeralFrame, EventFrame, Outbound, control};
+use crate::outbox::{Outbox, Signal};
 
 /// Frames a catching-up room may buffer before it re-reads history instead.
 pub(crate) const MAX_CATCHUP_BUFFER: usize = 4096;
 /// Own publishes remembered for `excludeSelf`.
 const MAX_SKIP_IDS: usize = 256;
-/// Queue depth (items); the byte limit usually trips first.
-pub(crate) const OUTBOUND_CAPACITY: usize = 4096;
+
+use zps_core::fast_hash::{FastMap as RoomMap, FastSet};
 
 /// Where one exact-room subscription stands.
 pub(crate) enum Mode {
     /// History is being written by the connection task; live frames wait here.
-    CatchingUp {
-        buffer: VecDeque<Arc<EventFrame>>,
-        overflowed: bool,
-    },
+    /// Boxed: a live room (most of them) keeps no catch-up state inline.
+    CatchingUp(Box<CatchUp>),
     /// Live: the next frame must be `last + 1`.
     Live,
+}
+
+/// Live frames held while a room's history is written.
+#[derive(Default)]
+pub(crate) struct CatchUp {
+    pub(crate) buffer: VecDeque<Arc<EventFrame>>,
+    /// More arrived than [`MAX_CATCHUP_BUFFER`]: history must be read again.
+    pub(crate) overflowed: bool,
 }
 
 /// One exact-room subscription.
@@ -48,22 +57,20 @@ impl RoomSub {
         Self {
             types,
             last,
-            mode: Mode::CatchingUp {
-                buffer: VecDeque::new(),
-                overflowed: false,
-            },
+            mode: Mode::CatchingUp(Box::default()),
         }
     }
 }
 
-/// Everything a connection listens to.
+/// Everything a connection listens to, and its outbound queue.
 #[derive(Default)]
 pub(crate) struct ConnState {
-    pub(crate) exact: HashMap<Room, RoomSub>,
-    pub(crate) wild: HashMap<Arc<str>, Option<Arc<[String]>>>,
-    pub(crate) ephemeral: HashMap<RoomPattern, Option<Arc<[String]>>>,
-    pub(crate) presence: HashSet<Room>,
+    pub(crate) exact: RoomMap<Room, RoomSub>,
+    pub(crate) wild: RoomMap<Arc<str>, Option<Arc<[String]>>>,
+    pub(crate) ephemeral: RoomMap<RoomPattern, Option<Arc<[String]>>>,
+    pub(crate) presence: FastSet<Room>,
     skip_ids: VecDeque<Arc<str>>,
+    pub(crate) out: Outbox,
 }
 
 impl ConnState {
@@ -81,6 +88,9 @@ impl ConnState {
     }
 
     fn take_skip(&mut self, id: &str) -> bool {
+        if self.skip_ids.is_empty() {
+            return false;
+        }
         match self.skip_ids.iter().position(|s| &**s == id) {
             Some(i) => {
                 self.skip_ids.remove(i);
@@ -96,107 +106,82 @@ pub(crate) fn types_ok(types: &Option<Arc<[String]>>, event_type: &str) -> bool 
     types.as_ref().is_none_or(|t| t.iter().any(|t| t == event_type))
 }
 
+fn wake(w: Option<Waker>) {
+    if let Some(w) = w {
+        w.wake();
+    }
+}
+
 /// The part of a connection that hubs can reach.
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
     /// Globally unique key (node + connection), used for presence and `excludeSelf`.
     pub(crate) key: Arc<str>,
     pub(crate) kind: ConnKind,
-    tx: mpsc::Sender<Outbound>,
-    queued: AtomicUsize,
     limit: usize,
-    closing: AtomicBool,
-    close_code: AtomicU16,
-    kill: Notify,
-    /// Rooms whose live stream showed a hole; the task re-reads their history.
-    resync: Mutex<Vec<Room>>,
-    wake: Notify,
     pub(crate) state: Mutex<ConnState>,
 }
 
 impl ConnShared {
-    pub(crate) fn new(
-        id: u64,
-        key: Arc<str>,
-        kind: ConnKind,
-        limit: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let conn = Arc::new(Self {
+    pub(crate) fn new(id: u64, key: Arc<str>, kind: ConnKind, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
             id,
             key,
             kind,
-            tx,
-            queued: AtomicUsize::new(0),
             limit,
-            closing: AtomicBool::new(false),
-            close_code: AtomicU16::new(0),
-            kill: Notify::new(),
-            resync: Mutex::new(Vec::new()),
-            wake: Notify::new(),
             state: Mutex::new(ConnState::default()),
-        });
-        (conn, rx)
+        })
     }
 
-    /// Queues an item without waiting; a connection that cannot keep up is cut off.
-    pub(crate) fn enqueue(&self, out: Outbound) {
-        if self.closing.load(Ordering::Relaxed) {
-            return;
-        }
-        let len = out.len();
-        let backlog = self.queued.fetch_add(len, Ordering::Relaxed) + len;
-        if backlog > self.limit {
-            self.kill(CloseCode::SlowConsumer);
-            return;
-        }
-        match self.tx.try_send(out) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.kill(CloseCode::SlowConsumer),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+    /// Holds frames back while this connection's own publishes are stored.
+    pub(crate) fn hold(&self) {
+        self.state.lock().out.hold();
     }
 
-    /// Records that the writer sent `n` queued bytes.
+    /// Queues publish answers, then the frames held since [`ConnShared::hold`].
+    pub(crate) fn answer(&self, answers: Vec<Outbound>) {
+        let w = self.state.lock().out.answer(answers, self.limit);
+        wake(w);
+    }
+
+    /// Records that the writer sent `n` bytes it took from the queue.
     pub(crate) fn written(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::Relaxed);
+        self.state.lock().out.written(n);
     }
 
     /// Asks the connection task to close with `code` (first reason wins).
     pub(crate) fn kill(&self, code: CloseCode) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
-            self.close_code.store(code.code(), Ordering::Release);
-            if code == CloseCode::SlowConsumer {
-                metrics::counter!("zps_gateway_slow_consumers_total").increment(1);
-            }
-            self.kill.notify_one();
-        }
+        let w = self.state.lock().out.close(code);
+        wake(w);
+    }
+
+    /// The connection task's next job. Frames land in `buffer`.
+    pub(crate) fn next_signal<'a>(
+        &'a self,
+        buffer: &'a mut VecDeque<Outbound>,
+    ) -> impl Future<Output = Signal> + 'a {
+        poll_fn(move |cx| match self.state.lock().out.poll(cx, buffer) {
+            Some(s) => Poll::Ready(s),
+            None => Poll::Pending,
+        })
     }
 
     /// Resolves once [`ConnShared::kill`] was called; yields the close code.
-    pub(crate) async fn killed(&self) -> CloseCode {
-        loop {
-            if self.closing.load(Ordering::Acquire) {
-                return CloseCode::from_code(self.close_code.load(Ordering::Acquire))
-                    .unwrap_or(CloseCode::InternalError);
-            }
-            self.kill.notified().await;
-        }
+    pub(crate) fn killed(&self) -> impl Future<Output = CloseCode> + '_ {
+        poll_fn(move |cx| match self.state.lock().out.poll_close(cx) {
+            Some(code) => Poll::Ready(code),
+            None => Poll::Pending,
+        })
     }
 
-    /// Resolves when some room needs a history re-read.
-    pub(crate) async fn resync_needed(&self) {
-        loop {
-            if !self.resync.lock().is_empty() {
-                return;
-            }
-            self.wake.notified().await;
-        }
+    /// The next queued item, without waiting.
+    pub(crate) fn pop_queued(&self) -> Option<Outbound> {
+        self.state.lock().out.pop()
     }
 
     /// Rooms to re-read (drained).
     pub(crate) fn take_resync(&self) -> Vec<Room> {
-        std::mem::take(&mut *self.resync.lock())
+        self.state.lock().out.take_resync()
     }
 
     /// A live event from a room hub (`via_wildcard` for `scope:*` hubs).
@@ -214,19 +199,19 @@ impl ConnShared {
             if !types_ok(types, &e.event_type) || st.take_skip(&e.id) {
                 return;
             }
+            let w = st.out.push(frame.encoded(self.kind), self.limit);
             drop(st);
-            self.enqueue(frame.encoded(self.kind));
-            return;
+            return wake(w);
         }
         let Some(sub) = st.exact.get_mut(&e.room) else {
             return;
         };
         match &mut sub.mode {
-            Mode::CatchingUp { buffer, overflowed } => {
-                if buffer.len() < MAX_CATCHUP_BUFFER {
-                    buffer.push_back(frame.clone());
+            Mode::CatchingUp(c) => {
+                if c.buffer.len() < MAX_CATCHUP_BUFFER {
+                    c.buffer.push_back(frame.clone());
                 } else {
-                    *overflowed = true;
+                    c.overflowed = true;
                 }
             }
             Mode::Live => {
@@ -236,24 +221,21 @@ impl ConnShared {
                 if e.sequence > sub.last + 1 {
                     // This connection's history was behind the hub (a stale shared read):
                     // fetch the hole, then continue from the buffer.
-                    let mut buffer = VecDeque::new();
-                    buffer.push_back(frame.clone());
-                    sub.mode = Mode::CatchingUp {
-                        buffer,
-                        overflowed: false,
-                    };
+                    let mut c: Box<CatchUp> = Box::default();
+                    c.buffer.push_back(frame.clone());
+                    sub.mode = Mode::CatchingUp(c);
+                    let w = st.out.resync(e.room.clone());
                     drop(st);
-                    self.resync.lock().push(e.room.clone());
-                    self.wake.notify_one();
-                    return;
+                    return wake(w);
                 }
                 sub.last = e.sequence;
                 let pass = types_ok(&sub.types, &e.event_type);
                 if !pass || st.take_skip(&e.id) {
                     return;
                 }
+                let w = st.out.push(frame.encoded(self.kind), self.limit);
                 drop(st);
-                self.enqueue(frame.encoded(self.kind));
+                wake(w);
             }
         }
     }
@@ -274,8 +256,7 @@ impl ConnShared {
             sub.last = d.earliest_sequence.saturating_sub(1);
             sub.mode = Mode::Live;
         }
-        drop(st);
-        self.enqueue(control(
+        let notice = control(
             self.kind,
             &ServerMessage::Discontinuity(DiscontinuityNotice {
                 room: d.room.to_string(),
@@ -283,7 +264,10 @@ impl ConnShared {
                 epoch: d.epoch.clone(),
                 earliest_sequence: d.earliest_sequence,
             }),
-        ));
+        );
+        let w = st.out.push(notice, self.limit);
+        drop(st);
+        wake(w);
     }
 
     /// An ephemeral event from the hub of `pattern`.
@@ -291,7 +275,7 @@ impl ConnShared {
         if frame.event.origin.as_deref() == Some(&*self.key) {
             return;
         }
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         // An exact subscription of the same room delivers it once.
         if pattern.is_wildcard()
             && st
@@ -306,16 +290,20 @@ impl ConnShared {
         if !types_ok(types, &frame.event.event_type) {
             return;
         }
+        let w = st.out.push(frame.encoded(self.kind, false), self.limit);
         drop(st);
-        self.enqueue(frame.encoded(self.kind, false));
+        wake(w);
     }
 
     /// A presence change of a room this connection watches.
     pub(crate) fn push_presence(&self, frame: &EphemeralFrame) {
-        if !self.state.lock().presence.contains(&frame.event.room) {
+        let mut st = self.state.lock();
+        if !st.presence.contains(&frame.event.room) {
             return;
         }
-        self.enqueue(frame.encoded(self.kind, true));
+        let w = st.out.push(frame.encoded(self.kind, true), self.limit);
+        drop(st);
+        wake(w);
     }
 }
 
@@ -324,8 +312,18 @@ mod tests {
     use super::*;
     use zps_core::{DiscontinuityReason, EphemeralEvent, Timestamp};
 
-    fn conn() -> (Arc<ConnShared>, mpsc::Receiver<Outbound>) {
-        ConnShared::new(1, Arc::from("node-1"), ConnKind::Ws, 1 << 20)
+    fn conn() -> (Arc<ConnShared>, Queue) {
+        let c = ConnShared::new(1, Arc::from("node-1"), ConnKind::Ws, 1 << 20);
+        (c.clone(), Queue(c))
+    }
+
+    /// Reads what was queued, as the connection task would.
+    struct Queue(Arc<ConnShared>);
+
+    impl Queue {
+        fn try_recv(&mut self) -> Result<Outbound, ()> {
+            self.0.pop_queued().ok_or(())
+        }
     }
 
     fn text(o: Outbound) -> String {
@@ -395,17 +393,5 @@ mod tests {
         c.push_ephemeral(&frame, &exact);
         assert!(rx.try_recv().is_ok());
         assert!(rx.try_recv().is_err(), "delivered twice");
-    }
-
-    #[test]
-    fn a_backlog_over_the_limit_cuts_the_connection() {
-        let (c, _rx) = ConnShared::new(1, Arc::from("n"), ConnKind::Ws, 10);
-        c.enqueue(Outbound::Ws("0123456789".into()));
-        assert!(!c.closing.load(Ordering::Relaxed));
-        c.enqueue(Outbound::Ws("x".into()));
-        assert_eq!(
-            c.close_code.load(Ordering::Relaxed),
-            CloseCode::SlowConsumer.code()
-        );
     }
 }

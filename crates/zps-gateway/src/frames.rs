@@ -8,13 +8,16 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::Serialize;
 use zps_core::{Envelope, EphemeralEvent, PRESENCE_JOINED, PresenceMember};
-use zps_protocol::{EphemeralData, PresenceNotice, ServerMessage, event_frame};
+use zps_protocol::compact::encode_event;
+use zps_protocol::{EVENT_FRAME_PREFIX, EphemeralData, PresenceNotice, ServerMessage, write_event_frame};
 
 /// Which encoding a connection needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnKind {
     /// JSON messages in WebSocket text frames.
     Ws,
+    /// Like `Ws`, but events as compact binary frames (`zps.compact.v1`).
+    WsCompact,
     /// `text/event-stream` records.
     Sse,
 }
@@ -24,6 +27,8 @@ pub(crate) enum ConnKind {
 pub(crate) enum Outbound {
     /// A WebSocket text frame.
     Ws(Utf8Bytes),
+    /// A WebSocket binary frame (a compact event).
+    WsBinary(Bytes),
     /// SSE bytes.
     Sse(Bytes),
     /// Close the connection with this code.
@@ -35,6 +40,7 @@ impl Outbound {
     pub(crate) fn len(&self) -> usize {
         match self {
             Self::Ws(t) => t.len(),
+            Self::WsBinary(b) => b.len(),
             Self::Sse(b) => b.len(),
             Self::Close(_) => 0,
         }
@@ -44,8 +50,8 @@ impl Outbound {
 /// A stored event, serialized lazily once per encoding.
 pub(crate) struct EventFrame {
     pub(crate) envelope: Arc<Envelope>,
-    json: OnceLock<String>,
     ws: OnceLock<Utf8Bytes>,
+    compact: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
 }
 
@@ -53,8 +59,8 @@ impl EventFrame {
     pub(crate) fn new(envelope: Arc<Envelope>) -> Self {
         Self {
             envelope,
-            json: OnceLock::new(),
             ws: OnceLock::new(),
+            compact: OnceLock::new(),
             sse: OnceLock::new(),
         }
     }
@@ -63,16 +69,26 @@ impl EventFrame {
         self.envelope.sequence
     }
 
+    fn ws_text(&self) -> &Utf8Bytes {
+        self.ws
+            .get_or_init(|| Utf8Bytes::from(write_event_frame(&self.envelope)))
+    }
+
+    /// The envelope's JSON: the event frame without its wrapper.
     fn json(&self) -> &str {
-        self.json.get_or_init(|| self.envelope.to_json())
+        let frame = self.ws_text().as_str();
+        frame
+            .get(EVENT_FRAME_PREFIX.len()..frame.len().saturating_sub(1))
+            .unwrap_or_default()
     }
 
     /// The frame in the connection's encoding (cheap clone of shared bytes).
     pub(crate) fn encoded(&self, kind: ConnKind) -> Outbound {
         match kind {
-            ConnKind::Ws => Outbound::Ws(
-                self.ws
-                    .get_or_init(|| Utf8Bytes::from(event_frame(self.json())))
+            ConnKind::Ws => Outbound::Ws(self.ws_text().clone()),
+            ConnKind::WsCompact => Outbound::WsBinary(
+                self.compact
+                    .get_or_init(|| Bytes::from(encode_event(&self.envelope)))
                     .clone(),
             ),
             ConnKind::Sse => Outbound::Sse(
@@ -147,7 +163,9 @@ impl EphemeralFrame {
             }
         };
         match kind {
-            ConnKind::Ws => Outbound::Ws(self.ws.get_or_init(|| Utf8Bytes::from(msg().to_json())).clone()),
+            ConnKind::Ws | ConnKind::WsCompact => {
+                Outbound::Ws(self.ws.get_or_init(|| Utf8Bytes::from(msg().to_json())).clone())
+            }
             ConnKind::Sse => Outbound::Sse(self.sse.get_or_init(|| sse_named(&msg())).clone()),
         }
     }
@@ -156,7 +174,7 @@ impl EphemeralFrame {
 /// Encodes a protocol message for a connection.
 pub(crate) fn control(kind: ConnKind, msg: &ServerMessage) -> Outbound {
     match kind {
-        ConnKind::Ws => Outbound::Ws(Utf8Bytes::from(msg.to_json())),
+        ConnKind::Ws | ConnKind::WsCompact => Outbound::Ws(Utf8Bytes::from(msg.to_json())),
         ConnKind::Sse => Outbound::Sse(sse_named(msg)),
     }
 }

@@ -89,6 +89,8 @@ pub(crate) async fn ready(State(gw): State<Arc<Shared>>) -> Response {
 pub(crate) async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
     match &gw.prometheus {
         Some(handle) => {
+            gw.engine.export_metrics();
+            crate::hot::export();
             handle.run_upkeep();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

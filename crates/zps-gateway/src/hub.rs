@@ -1,7 +1,15 @@
-//! Room hubs: one engine subscription per room (or `scope:*` pattern) per
-//! gateway process, shared by every connection subscribed to it. The engine
-//! delivers each room in order without gaps; the hub serializes each event
-//! once and pushes the shared bytes to its members without waiting.
+//! Room hubs: one per room (or `scope:*` pattern) per gateway process, shared
+//! by every connection subscribed to it. A hub serializes each event once and
+//! pushes the shared bytes to its members without waiting.
+//!
+//! A hub is fed one of two ways:
+//! - a **live tap** ([`Realtime::tap_live`]), where the transport offers one
+//!   (the embedded memory transport): the storing path itself pushes to the
+//!   members, in sequence order, with no task or channel in between — the
+//!   publish is answered after its frames are queued for every local
+//!   subscriber, as a broadcast loop does;
+//! - otherwise an ordered engine subscription (live only, gaps repaired from
+//!   history by the engine) drained by a task of the hub's own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +19,10 @@ use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
-use zps_core::{PRESENCE_JOINED, PRESENCE_LEFT, Realtime, RoomPattern, SubscribeOptions, SubscriptionItem};
+use zps_core::{
+    Discontinuity, Envelope, PRESENCE_JOINED, PRESENCE_LEFT, Realtime, RoomPattern, SubscribeOptions,
+    SubscriptionItem, TapGuard,
+};
 
 use crate::conn::ConnShared;
 use crate::frames::{EphemeralFrame, EventFrame};
@@ -27,14 +38,67 @@ pub(crate) enum HubKind {
     Presence,
 }
 
-type Members = Arc<RwLock<HashMap<u64, Arc<ConnShared>>>>;
+/// A hub's connections: a plain list (fan-out walks it; joins and leaves are rare).
+type Members = RwLock<Vec<Arc<ConnShared>>>;
+
+/// What keeps a hub's input running; stopped when the last member leaves.
+enum Feed {
+    Tap(TapGuard),
+    Task(JoinHandle<()>),
+}
 
 struct Hub {
     members: Members,
     /// The last sequence pushed to members (exact-room event hubs).
-    last: Arc<AtomicU64>,
+    last: AtomicU64,
+    /// `scope:*` hub: members filter by their own subscriptions.
+    wild: bool,
     closed: AtomicBool,
-    task: JoinHandle<()>,
+    feed: Mutex<Option<Feed>>,
+}
+
+impl Hub {
+    fn new(wild: bool) -> Self {
+        Self {
+            members: RwLock::new(Vec::new()),
+            last: AtomicU64::new(0),
+            wild,
+            closed: AtomicBool::new(false),
+            feed: Mutex::new(None),
+        }
+    }
+
+    /// Pushes a stored event to every member.
+    fn event(&self, e: &Arc<Envelope>) {
+        let frame = Arc::new(EventFrame::new(e.clone()));
+        // `last` moves under the read lock; `join` reads it under the write lock.
+        let members = self.members.read();
+        self.last.fetch_max(e.sequence, Ordering::AcqRel);
+        for m in members.iter() {
+            m.push_event(&frame, self.wild);
+        }
+        crate::hot::hot().fanout();
+    }
+
+    fn discontinuity(&self, d: &Discontinuity) {
+        let members = self.members.read();
+        self.last
+            .store(d.earliest_sequence.saturating_sub(1), Ordering::Release);
+        for m in members.iter() {
+            m.push_discontinuity(d, self.wild);
+        }
+    }
+
+    /// Stops the input. Called without any lock held: removing a tap waits for
+    /// a tap call in progress, which takes the members lock.
+    fn stop(&self) {
+        let feed = self.feed.lock().take();
+        match feed {
+            Some(Feed::Task(task)) => task.abort(),
+            Some(Feed::Tap(guard)) => drop(guard),
+            None => {}
+        }
+    }
 }
 
 #[derive(Default)]
@@ -79,9 +143,11 @@ impl Hubs {
                 continue;
             }
             let mut members = hub.members.write();
-            // Read under the write lock: the hub updates `last` under the read lock.
+            // Read under the write lock: the hub moves `last` under the read lock.
             let last = hub.last.load(Ordering::Acquire);
-            members.insert(conn.id, conn.clone());
+            if !members.iter().any(|m| m.id == conn.id) {
+                members.push(conn.clone());
+            }
             drop(members);
             drop(slots);
             return Ok(last);
@@ -91,17 +157,24 @@ impl Hubs {
     /// Removes `conn` from the hub of `pattern`; the last member stops the hub.
     pub(crate) fn leave(&self, kind: HubKind, pattern: &RoomPattern, conn_id: u64) {
         let key = (kind, pattern.clone());
-        let mut slots = self.slots.lock();
-        let Some(hub) = slots.get(&key).and_then(|s| s.hub.get().cloned()) else {
-            return;
-        };
-        let mut members = hub.members.write();
-        members.remove(&conn_id);
-        if members.is_empty() {
+        let stopped = {
+            let mut slots = self.slots.lock();
+            let Some(hub) = slots.get(&key).and_then(|s| s.hub.get().cloned()) else {
+                return;
+            };
+            let mut members = hub.members.write();
+            if let Some(i) = members.iter().position(|m| m.id == conn_id) {
+                members.swap_remove(i);
+            }
+            if !members.is_empty() {
+                return;
+            }
             hub.closed.store(true, Ordering::Release);
-            hub.task.abort();
             slots.remove(&key);
-        }
+            drop(members);
+            hub
+        };
+        stopped.stop();
     }
 
     /// Running hubs (for health and metrics).
@@ -111,70 +184,78 @@ impl Hubs {
 }
 
 async fn start(engine: Realtime, kind: HubKind, pattern: RoomPattern) -> zps_core::Result<Arc<Hub>> {
-    let members: Members = Arc::default();
-    let last = Arc::new(AtomicU64::new(0));
-    let task = match kind {
+    let hub = Arc::new(Hub::new(pattern.is_wildcard()));
+    let feed = match kind {
         HubKind::Events => {
-            let mut opts = SubscribeOptions::room(pattern.clone()).live_only();
-            opts.uncounted = true;
-            let mut sub = engine.subscribe_stream(opts).await?;
-            if let Some(start) = sub.starts().first() {
-                last.store(start.start_after, Ordering::Release);
+            let tapped = hub.clone();
+            match engine.tap_live(&pattern, Arc::new(move |e: &Arc<Envelope>| tapped.event(e))) {
+                Some(guard) => {
+                    if let Some(room) = pattern.as_room() {
+                        // Everything stored before the tap existed is history.
+                        let info = engine.room_info(room).await?;
+                        hub.last.fetch_max(info.last_sequence, Ordering::AcqRel);
+                    }
+                    Feed::Tap(guard)
+                }
+                None => Feed::Task(subscribed(&engine, &hub, pattern).await?),
             }
-            let (members, last) = (members.clone(), last.clone());
-            let wild = pattern.is_wildcard();
-            tokio::spawn(async move {
-                while let Some(item) = sub.next().await {
-                    match item {
-                        SubscriptionItem::Event(e) => {
-                            let frame = Arc::new(EventFrame::new(e));
-                            let members = members.read();
-                            last.store(frame.sequence(), Ordering::Release);
-                            for m in members.values() {
-                                m.push_event(&frame, wild);
-                            }
-                            crate::hot::hot().fanouts.increment(1);
-                        }
-                        SubscriptionItem::Discontinuity(d) => {
-                            let members = members.read();
-                            last.store(d.earliest_sequence.saturating_sub(1), Ordering::Release);
-                            for m in members.values() {
-                                m.push_discontinuity(&d, wild);
-                            }
-                        }
-                    }
-                }
-            })
         }
-        HubKind::Ephemeral | HubKind::Presence => {
-            let presence = kind == HubKind::Presence;
-            let filter = presence.then(|| vec![PRESENCE_JOINED.to_owned(), PRESENCE_LEFT.to_owned()]);
-            let mut stream = engine
-                .subscribe_ephemeral(std::slice::from_ref(&pattern), filter)
-                .await?;
-            let members = members.clone();
-            tokio::spawn(async move {
-                while let Some(e) = stream.next().await {
-                    let announcement = e.event_type == PRESENCE_JOINED || e.event_type == PRESENCE_LEFT;
-                    if announcement != presence {
-                        continue;
-                    }
-                    let frame = EphemeralFrame::new(e);
-                    for m in members.read().values() {
-                        if presence {
-                            m.push_presence(&frame);
-                        } else {
-                            m.push_ephemeral(&frame, &pattern);
-                        }
-                    }
-                }
-            })
-        }
+        HubKind::Ephemeral | HubKind::Presence => Feed::Task(ephemeral(&engine, &hub, kind, pattern).await?),
     };
-    Ok(Arc::new(Hub {
-        members,
-        last,
-        closed: AtomicBool::new(false),
-        task,
+    *hub.feed.lock() = Some(feed);
+    Ok(hub)
+}
+
+/// Feeds `hub` from an ordered engine subscription (providers without taps).
+async fn subscribed(
+    engine: &Realtime,
+    hub: &Arc<Hub>,
+    pattern: RoomPattern,
+) -> zps_core::Result<JoinHandle<()>> {
+    let mut opts = SubscribeOptions::room(pattern).live_only();
+    opts.uncounted = true;
+    let mut sub = engine.subscribe_stream(opts).await?;
+    if let Some(start) = sub.starts().first() {
+        hub.last.store(start.start_after, Ordering::Release);
+    }
+    let hub = hub.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(item) = sub.next().await {
+            match item {
+                SubscriptionItem::Event(e) => hub.event(&e),
+                SubscriptionItem::Discontinuity(d) => hub.discontinuity(&d),
+            }
+        }
+    }))
+}
+
+/// Feeds `hub` with ephemeral events or presence announcements.
+async fn ephemeral(
+    engine: &Realtime,
+    hub: &Arc<Hub>,
+    kind: HubKind,
+    pattern: RoomPattern,
+) -> zps_core::Result<JoinHandle<()>> {
+    let presence = kind == HubKind::Presence;
+    let filter = presence.then(|| vec![PRESENCE_JOINED.to_owned(), PRESENCE_LEFT.to_owned()]);
+    let mut stream = engine
+        .subscribe_ephemeral(std::slice::from_ref(&pattern), filter)
+        .await?;
+    let hub = hub.clone();
+    Ok(tokio::spawn(async move {
+        while let Some(e) = stream.next().await {
+            let announcement = e.event_type == PRESENCE_JOINED || e.event_type == PRESENCE_LEFT;
+            if announcement != presence {
+                continue;
+            }
+            let frame = EphemeralFrame::new(e);
+            for m in hub.members.read().iter() {
+                if presence {
+                    m.push_presence(&frame);
+                } else {
+                    m.push_ephemeral(&frame, &pattern);
+                }
+            }
+        }
     }))
 }

@@ -26,6 +26,7 @@ mod hot;
 mod http;
 mod hub;
 mod lane;
+mod outbox;
 mod pipe;
 mod replay;
 mod session;
@@ -75,7 +76,10 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
                 }
             };
             match builder.install_recorder() {
-                Ok(handle) => Some(handle),
+                Ok(handle) => {
+                    zps_core::metrics::export_on_scrape();
+                    Some(handle)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not install the Prometheus recorder; /metrics disabled");
                     None
@@ -171,6 +175,7 @@ impl Gateway {
         }
         tracing::info!(connections = gw.connections(), "draining gateway");
         gw.drain.cancel();
+        gw.close_all(zps_protocol::CloseCode::ServiceRestart);
         let deadline =
             tokio::time::Instant::now() + gw.config.drain_timeout.unwrap_or(Duration::from_secs(10));
         while gw.connections() > 0 && tokio::time::Instant::now() < deadline {

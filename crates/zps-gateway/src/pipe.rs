@@ -1,7 +1,9 @@
 //! The connection task's output side: a writer (WebSocket sink or SSE body)
 //! plus the connection's queue, so direct writes (answers, history) and queued
-//! live frames share one ordered path.
+//! live frames share one ordered path, and everything queued goes out with one
+//! flush.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use zps_protocol::CloseCode;
 
 use crate::conn::ConnShared;
 use crate::frames::Outbound;
+use crate::outbox::Signal;
 
 /// The peer went away (or the body was dropped).
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +45,7 @@ impl Writer for WsWriter {
     async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
         let msg = match out {
             Outbound::Ws(text) => Message::Text(text),
+            Outbound::WsBinary(bytes) => Message::Binary(bytes),
             Outbound::Sse(_) => return Ok(()),
             Outbound::Close(code) => Message::Close(Some(close_frame(code))),
         };
@@ -77,7 +81,7 @@ impl Writer for SseWriter {
     async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
         match out {
             Outbound::Sse(bytes) => self.tx.send(Ok(bytes)).await.map_err(|_| Disconnected),
-            Outbound::Ws(_) => Ok(()),
+            Outbound::Ws(_) | Outbound::WsBinary(_) => Ok(()),
             // Ending the body is how an SSE stream closes.
             Outbound::Close(_) => Err(Disconnected),
         }
@@ -92,73 +96,95 @@ impl Writer for SseWriter {
     }
 }
 
-/// Writer plus queue.
+/// Writer plus the connection whose queue it drains.
 pub(crate) struct Pipe<W> {
     pub(crate) writer: W,
-    pub(crate) rx: mpsc::Receiver<Outbound>,
     pub(crate) conn: Arc<ConnShared>,
+    /// Frames taken from the queue, being written.
+    taken: VecDeque<Outbound>,
 }
 
 impl<W: Writer> Pipe<W> {
+    pub(crate) fn new(writer: W, conn: Arc<ConnShared>) -> Self {
+        Self {
+            writer,
+            conn,
+            taken: VecDeque::new(),
+        }
+    }
+
     /// Writes an item directly (not through the queue); it reaches the peer
     /// with the next flush.
     pub(crate) async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
-        crate::hot::hot().frames_sent.increment(1);
+        crate::hot::hot().sent(1);
         let stall = self.writer.stall();
-        // A timeout whose future completes on the first poll never arms its timer.
-        match tokio::time::timeout(stall, self.writer.write(out)).await {
-            Ok(r) => r,
-            Err(_) => Err(Disconnected),
-        }
+        within(stall, self.writer.write(out)).await
     }
 
-    /// Writes one queued item and everything else already queued, then flushes
-    /// once: one system call per batch, not per frame. Returns the close code if
-    /// a close was queued.
-    pub(crate) async fn forward(&mut self, first: Outbound) -> Result<Option<CloseCode>, Disconnected> {
+    /// Waits for the connection's next job. Cancel-safe: frames are only taken
+    /// when it completes.
+    pub(crate) async fn next(&mut self) -> Signal {
+        self.conn.next_signal(&mut self.taken).await
+    }
+
+    /// Writes the frames [`Pipe::next`] took (`bytes` in total) and flushes
+    /// once: one system call per batch, not per frame.
+    pub(crate) async fn write_taken(&mut self, bytes: usize) -> Result<(), Disconnected> {
         let stall = self.writer.stall();
-        let (mut frames, mut bytes) = (0u64, 0usize);
+        let frames = self.taken.len() as u64;
         let batch = async {
-            let mut next = Some(first);
-            while let Some(out) = next.take().or_else(|| self.rx.try_recv().ok()) {
-                if let Outbound::Close(code) = out {
-                    return Ok(Some(code));
-                }
-                bytes += out.len();
-                frames += 1;
+            for out in self.taken.drain(..) {
                 self.writer.write(out).await?;
             }
-            self.writer.flush().await?;
-            Ok(None)
+            self.writer.flush().await
         };
-        let result = match tokio::time::timeout(stall, batch).await {
-            Ok(r) => r,
-            Err(_) => Err(Disconnected),
-        };
+        let result = within(stall, batch).await;
         self.conn.written(bytes);
-        crate::hot::hot().frames_sent.increment(frames);
+        crate::hot::hot().sent(frames);
+        // A buffer that grew for a burst does not keep its memory while idle.
+        if self.taken.capacity() > 256 {
+            self.taken = VecDeque::new();
+        }
         result
     }
 
-    /// Writes whatever is queued right now (used between history pages).
+    /// Writes whatever is queued right now and flushes (between history pages).
     pub(crate) async fn drain_queue(&mut self) -> Result<(), Disconnected> {
-        match self.rx.try_recv() {
-            Ok(out) => match self.forward(out).await? {
-                Some(code) => {
-                    self.conn.kill(code);
-                    Ok(())
-                }
-                None => Ok(()),
-            },
-            Err(_) => self.flush().await,
+        let mut bytes = 0;
+        let mut result = Ok(());
+        while let Some(out) = self.conn.pop_queued() {
+            bytes += out.len();
+            result = self.write(out).await;
+            if result.is_err() {
+                break;
+            }
         }
+        self.conn.written(bytes);
+        result?;
+        self.flush().await
     }
 
     /// Flushes buffered writes.
     pub(crate) async fn flush(&mut self) -> Result<(), Disconnected> {
-        match tokio::time::timeout(self.writer.stall(), self.writer.flush()).await {
-            Ok(r) => r,
-            Err(_) => Err(Disconnected),
-        }
+        let stall = self.writer.stall();
+        within(stall, self.writer.flush()).await
+    }
+}
+
+/// Runs a write, giving the peer up if it makes no progress for `stall`. The
+/// timer is only armed when the write cannot complete at once (a full socket),
+/// so the common case reads no clock and touches no timer wheel.
+async fn within(
+    stall: Duration,
+    write: impl Future<Output = Result<(), Disconnected>>,
+) -> Result<(), Disconnected> {
+    use futures::FutureExt;
+    let mut write = std::pin::pin!(write);
+    if let Some(done) = write.as_mut().now_or_never() {
+        return done;
+    }
+    match tokio::time::timeout(stall, write).await {
+        Ok(r) => r,
+        Err(_) => Err(Disconnected),
     }
 }

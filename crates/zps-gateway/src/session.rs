@@ -9,7 +9,7 @@ use zps_core::{EphemeralRequest, ListenerGuard, Metadata, Room, RoomError, RoomP
 use zps_protocol::{ErrorCode, ServerMessage, Subscribed};
 
 use crate::auth::{AuthAction, AuthorizeRequest, Identity, claim_allows};
-use crate::conn::{ConnShared, Mode, RoomSub, types_ok};
+use crate::conn::{CatchUp, ConnShared, Mode, RoomSub, types_ok};
 use crate::frames::control;
 use crate::hub::HubKind;
 use crate::pipe::{Disconnected, Pipe, Writer};
@@ -351,7 +351,8 @@ impl Session {
                 match &mut sub.mode {
                     // A discontinuity restarted the room while we were reading.
                     Mode::Live => return Ok(()),
-                    Mode::CatchingUp { buffer, overflowed } => {
+                    Mode::CatchingUp(c) => {
+                        let CatchUp { buffer, overflowed } = &mut **c;
                         let mut out = Vec::new();
                         let mut hole = *overflowed;
                         if !hole {

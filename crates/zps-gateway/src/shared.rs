@@ -1,14 +1,19 @@
 //! State shared by every connection of one gateway.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use zps_core::Realtime;
 
+use parking_lot::Mutex;
+use zps_protocol::CloseCode;
+
 use crate::auth::JwtVerifier;
 use crate::config::GatewayConfig;
+use crate::conn::ConnShared;
 use crate::hub::Hubs;
 use crate::replay::ReplayCache;
 
@@ -24,6 +29,20 @@ pub(crate) struct Shared {
     pub(crate) draining: AtomicBool,
     pub(crate) drain: CancellationToken,
     pub(crate) prometheus: Option<PrometheusHandle>,
+    /// Open connections, so a drain (and an operator) can reach each one.
+    open: Mutex<HashMap<u64, Weak<ConnShared>>>,
+}
+
+/// Keeps a connection listed in [`Shared`]; unlisted on drop.
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.open.lock().remove(&self.id);
+    }
 }
 
 /// Holds one of `max_connections` places; released on drop.
@@ -57,6 +76,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
             prometheus,
+            open: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,6 +111,27 @@ impl Shared {
 
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Lists a connection until the returned registration drops; a connection
+    /// opened while draining is told to close at once.
+    pub(crate) fn register(self: &Arc<Self>, conn: &Arc<ConnShared>) -> Registration {
+        self.open.lock().insert(conn.id, Arc::downgrade(conn));
+        if self.is_draining() {
+            conn.kill(CloseCode::ServiceRestart);
+        }
+        Registration {
+            shared: self.clone(),
+            id: conn.id,
+        }
+    }
+
+    /// Asks every open connection to close with `code`.
+    pub(crate) fn close_all(&self, code: CloseCode) {
+        let open: Vec<Arc<ConnShared>> = self.open.lock().values().filter_map(Weak::upgrade).collect();
+        for conn in open {
+            conn.kill(code);
+        }
     }
 
     pub(crate) fn is_draining(&self) -> bool {

@@ -25,6 +25,7 @@ use crate::auth::{AuthAction, TokenError};
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound};
 use crate::http::origin_allowed;
+use crate::outbox::Signal;
 use crate::pipe::{Pipe, SseWriter};
 use crate::session::{Failure, Refusal, Session};
 use crate::shared::{ConnSlot, Shared};
@@ -144,7 +145,7 @@ pub(crate) async fn handler(
     };
     let id = gw.next_conn_id();
     let key: Arc<str> = Arc::from(format!("{}-{id}", gw.node_id));
-    let (conn, rx) = ConnShared::new(id, key, ConnKind::Sse, gw.config.limits.max_socket_buffered_bytes);
+    let conn = ConnShared::new(id, key, ConnKind::Sse, gw.config.limits.max_socket_buffered_bytes);
     let mut session = Session::new(gw.clone(), conn.clone());
     session.identity = identity;
     session.subscriber_id = params.subscriber_id.clone();
@@ -175,14 +176,13 @@ pub(crate) async fn handler(
 
     let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     let limits = &gw.config.limits;
-    let pipe = Pipe {
-        writer: SseWriter {
+    let pipe = Pipe::new(
+        SseWriter {
             tx,
             stall: limits.heartbeat_interval + limits.heartbeat_timeout,
         },
-        rx,
         conn,
-    };
+    );
     tokio::spawn(run(session, pipe, targets, positions, params, slot));
     metrics::counter!("zps_gateway_connections_opened_total", "transport" => "sse").increment(1);
     let body = Body::from_stream(tokio_stream_from(body_rx));
@@ -245,23 +245,23 @@ async fn run(
         let every = gw.config.limits.heartbeat_interval.min(Duration::from_secs(15));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         let conn = pipe.conn.clone();
-        let drain = gw.drain.clone();
+        let registration = gw.register(&conn);
+        // Notices the client going away while nothing is being written.
+        let body = pipe.writer.tx.clone();
         loop {
             let step = tokio::select! {
                 biased;
-                () = drain.cancelled() => break,
-                _ = conn.killed() => break,
-                () = pipe.writer.tx.closed() => break,
-                out = pipe.rx.recv() => match out {
-                    Some(out) => tokio::select! {
-                        r = pipe.forward(out) => r.map(|c| c.is_none()),
+                () = body.closed() => break,
+                signal = pipe.next() => match signal {
+                    Signal::Close(_) => break,
+                    Signal::Frames { bytes } => tokio::select! {
+                        r = pipe.write_taken(bytes) => r.map(|()| true),
                         _ = conn.killed() => break,
                     },
-                    None => break,
-                },
-                () = conn.resync_needed() => match session.resync(&mut pipe).await {
-                    Ok(()) => Ok(true),
-                    Err(_) => Ok(false),
+                    Signal::Resync => match session.resync(&mut pipe).await {
+                        Ok(()) => Ok(true),
+                        Err(_) => Ok(false),
+                    },
                 },
                 _ = heartbeat.tick() => pipe.write(Outbound::Sse(Bytes::from_static(b": ping\n\n"))).await.map(|()| true),
             };
@@ -269,6 +269,8 @@ async fn run(
                 break;
             }
         }
+        drop(registration);
+        drop(body);
     }
     session.cleanup().await;
     drop(slot);

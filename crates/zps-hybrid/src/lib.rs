@@ -130,6 +130,10 @@ impl Transport for HybridTransport {
         Ok(outcome)
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
     async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
         let outcomes = self.storage.publish_batch(events).await?;
         // Issued together (in sequence order) so the realtime leg can pipeline them:

@@ -1048,6 +1048,10 @@ impl Transport for MongoTransport {
         Ok(self.publish_one(event).await?)
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
     async fn publish_batch(&self, events: Vec<NewEvent>) -> zps_core::Result<Vec<PublishOutcome>> {
         self.check_open()?;
         let total = events.len();

@@ -565,6 +565,10 @@ impl Transport for PostgresTransport {
         Ok(self.publish_inner(event).await?)
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
     async fn publish_batch(&self, events: Vec<NewEvent>) -> zps_core::Result<Vec<PublishOutcome>> {
         self.check_open()?;
         let outcomes = self.inner.publish_batch(events).await?;

@@ -772,6 +772,10 @@ impl Transport for RedisTransport {
         self.send_pubsub(channel, message).await
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
     async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
         self.check_open()?;
         let total = events.len();

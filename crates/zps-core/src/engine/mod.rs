@@ -107,6 +107,7 @@ impl RealtimeBuilder {
                 listeners: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 presence_sweeper: Mutex::new(None),
+                live_taps: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -120,6 +121,8 @@ pub(crate) struct Inner {
     listeners: Mutex<HashMap<RoomPattern, usize>>,
     closed: AtomicBool,
     presence_sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Open live taps (see `Realtime::tap_live`).
+    live_taps: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -318,8 +321,29 @@ impl Realtime {
         &self.inner.config
     }
 
-    /// Adds a middleware after the existing ones.
+    /// Whether any middleware is installed.
+    pub fn has_middleware(&self) -> bool {
+        !self.inner.chain().is_empty()
+    }
+
+    /// Hands the per-event counters to the `metrics` facade; call it before
+    /// rendering metrics when [`crate::metrics::export_on_scrape`] is on (the
+    /// gateway's `/metrics` does).
+    pub fn export_metrics(&self) {
+        self.inner.metrics.export();
+    }
+
+    /// Adds a middleware after the existing ones. Install middleware before
+    /// opening subscriptions: live taps opened earlier ([`Realtime::tap_live`])
+    /// keep delivering without the `deliver` action until they are reopened.
     pub fn use_middleware(&self, m: Arc<dyn Middleware>) {
+        let taps = self.inner.live_taps.load(std::sync::atomic::Ordering::Acquire);
+        if taps > 0 {
+            tracing::warn!(
+                taps,
+                "middleware added while live taps are open; they skip the deliver action until reopened"
+            );
+        }
         let mut chain = self.inner.chain.write();
         let mut list: Vec<_> = chain.iter().cloned().collect();
         list.push(m);
@@ -432,6 +456,18 @@ impl Realtime {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
+        if !self.inner.transport.batches_publishes() {
+            // Event by event: nothing to copy for a retry, each result its own.
+            for (&i, event) in slots.iter().zip(events) {
+                let outcome = self.inner.transport.publish(event).await;
+                self.count_publish(&outcome, true);
+                results[i] = Some(outcome);
+            }
+            return results
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(Error::Closed)))
+                .collect();
+        }
         let retry = events.clone();
         let stored = match events.len() {
             0 => Ok(Vec::new()),
@@ -508,6 +544,35 @@ impl Realtime {
     pub async fn room_info(&self, room: &Room) -> Result<RoomInfo> {
         self.inner.check_open()?;
         self.inner.transport.room_info(room).await
+    }
+
+    /// Runs `tap` for every event of `pattern` stored from now on, on the storing
+    /// path itself: synchronously, in sequence order, none missing, with no task
+    /// or channel in between — how the gateway fans out at the machine's limit.
+    /// `None` when the transport cannot promise that (only the embedded memory
+    /// transport can; use [`Realtime::subscribe_stream`] then) or when middleware
+    /// is installed (the `deliver` action is async). Counted like a delivery.
+    pub fn tap_live(
+        &self,
+        pattern: &RoomPattern,
+        tap: crate::transport::LiveTap,
+    ) -> Option<crate::fanout::TapGuard> {
+        use std::sync::atomic::Ordering;
+        if self.inner.check_open().is_err() || !self.inner.chain().is_empty() {
+            return None;
+        }
+        let metrics = self.inner.metrics.clone();
+        let counted: crate::transport::LiveTap = Arc::new(move |e: &Arc<Envelope>| {
+            metrics.received(Some(live_lag_ms(e)));
+            tap(e)
+        });
+        let guard = self.inner.transport.tap(pattern, counted)?;
+        self.inner.live_taps.fetch_add(1, Ordering::AcqRel);
+        let inner = self.inner.clone();
+        Some(crate::fanout::TapGuard::new(move || {
+            drop(guard);
+            inner.live_taps.fetch_sub(1, Ordering::AcqRel);
+        }))
     }
 
     /// Opens an ordered subscription (catch-up, then live) as a pull-based stream.
