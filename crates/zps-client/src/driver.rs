@@ -30,7 +30,7 @@ use zps_protocol::{
 };
 
 use crate::error::ClientError;
-use crate::options::{ClientOptions, StartAt};
+use crate::options::{ClientOptions, Encoding, StartAt};
 use crate::room::{RoomTrack, Sink, SinkId, Tuning};
 use crate::shared::Shared;
 use crate::types::{ClientEvent, ConnectionState, EphemeralMessage, PresenceEvent, Published, RoomPosition};
@@ -226,6 +226,8 @@ pub(crate) struct Driver {
     rng: StdRng,
     next_id: u64,
     online: bool,
+    /// The gateway refused the compact subprotocol once: connect with JSON from now on.
+    compact_refused: bool,
     closing: bool,
     close_waiters: Vec<oneshot::Sender<()>>,
     outbox: Vec<String>,
@@ -277,6 +279,7 @@ impl Driver {
             rng: StdRng::from_os_rng(),
             next_id: 0,
             online: false,
+            compact_refused: false,
             closing: false,
             close_waiters: Vec::new(),
             outbox: Vec::new(),
@@ -378,9 +381,19 @@ impl Driver {
             .write_buffer_size(0)
             .max_message_size(Some(self.opts.max_message_bytes))
             .max_frame_size(Some(self.opts.max_message_bytes));
+        let request = match self.upgrade_request() {
+            Ok(r) => r,
+            Err(e) => {
+                return End::Lost {
+                    error: e,
+                    auth: false,
+                    ready: false,
+                };
+            }
+        };
         let connect = tokio::time::timeout(
             self.opts.connect_timeout,
-            tokio_tungstenite::connect_async_with_config(self.url.clone(), Some(config), true),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
         );
         let lost = |error| End::Lost {
             error,
@@ -390,6 +403,16 @@ impl Driver {
         let mut ws = match self.offline(connect).await {
             None => return End::Closed,
             Some(Err(_)) => return lost(ClientError::Transport("connect timed out".into())),
+            Some(Ok(Err(tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(e),
+            )))) if self.opts.encoding == Encoding::Compact && !self.compact_refused => {
+                // A gateway without the compact encoding: JSON carries the same guarantees.
+                tracing::debug!(error = %e, "compact encoding not offered; using JSON");
+                self.compact_refused = true;
+                return lost(ClientError::Transport(format!(
+                    "compact subprotocol refused: {e}"
+                )));
+            }
             Some(Ok(Err(e))) => return lost(ClientError::Transport(e.to_string())),
             Some(Ok(Ok((ws, _response)))) => ws,
         };
@@ -438,9 +461,9 @@ impl Driver {
                                 ready: conn.ready,
                             };
                         }
-                        Some(Ok(Message::Binary(_))) => {
+                        Some(Ok(Message::Binary(bytes))) => {
                             conn.last_frame = now;
-                            self.shared.report(ClientError::Protocol("unexpected binary frame".into()));
+                            self.on_binary(&bytes, &conn, now);
                         }
                         Some(Ok(_)) => conn.last_frame = now,
                         Some(Err(e)) => {
@@ -1086,6 +1109,38 @@ impl Driver {
     }
 
     // ---- server frames ---------------------------------------------------------------
+
+    /// The upgrade request, offering the compact subprotocol when asked for.
+    fn upgrade_request(
+        &self,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if self.opts.encoding == Encoding::Compact && !self.compact_refused {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(zps_protocol::compact::COMPACT_SUBPROTOCOL),
+            );
+        }
+        Ok(request)
+    }
+
+    /// A binary frame: a compact event.
+    fn on_binary(&mut self, bytes: &[u8], conn: &Conn, now: Instant) {
+        let decoded = zps_protocol::compact::EventView::decode(bytes).and_then(|v| v.to_envelope());
+        match decoded {
+            Ok(envelope) if conn.ready => self.on_event(Arc::new(envelope), now),
+            Ok(_) => {}
+            Err(e) => self
+                .shared
+                .report(ClientError::Protocol(zps_protocol::bounded(&e.to_string()))),
+        }
+    }
 
     fn on_text(&mut self, text: &str, conn: &mut Conn, now: Instant) {
         let msg = match parse_server(text) {

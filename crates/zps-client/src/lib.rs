@@ -63,7 +63,7 @@ mod types;
 pub use backoff::Backoff;
 pub use client::{Client, Presence, Synced};
 pub use error::{ClientError, Result};
-pub use options::{AckMode, ClientOptions, StartAt, SubscribeOptions, Targets, TokenProvider};
+pub use options::{AckMode, ClientOptions, Encoding, StartAt, SubscribeOptions, Targets, TokenProvider};
 pub use subscription::{EphemeralSubscription, PresenceSubscription, Subscription, SubscriptionHandle};
 pub use types::{
     ClientEvent, ConnectionState, EphemeralMessage, OutgoingEvent, PresenceEvent, Published, RoomPosition,

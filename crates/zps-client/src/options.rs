@@ -26,6 +26,18 @@ pub enum AckMode {
     Manual,
 }
 
+/// How the gateway sends events to this client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// JSON text frames (the default protocol).
+    #[default]
+    Json,
+    /// Events as compact MessagePack frames (`zps.compact.v1`), about half the
+    /// bytes; everything else stays JSON. Falls back to JSON, with the same
+    /// guarantees, when the gateway does not offer it.
+    Compact,
+}
+
 /// Everything configurable on a [`crate::Client`]; build with `ClientOptions::default()` and
 /// the `with_*` methods.
 #[derive(Clone)]
@@ -72,6 +84,8 @@ pub struct ClientOptions {
     /// Silence (no frame, not even a ping) after which the connection counts as dead.
     /// Default `None`: twice the server's heartbeat interval plus 10 s.
     pub idle_timeout: Option<Duration>,
+    /// How events travel. Default [`Encoding::Json`].
+    pub encoding: Encoding,
 }
 
 impl Default for ClientOptions {
@@ -94,6 +108,7 @@ impl Default for ClientOptions {
             max_wildcard_rooms: 10_000,
             max_message_bytes: 16 << 20,
             idle_timeout: None,
+            encoding: Encoding::Json,
         }
     }
 }
@@ -118,11 +133,18 @@ impl fmt::Debug for ClientOptions {
             .field("max_wildcard_rooms", &self.max_wildcard_rooms)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("idle_timeout", &self.idle_timeout)
+            .field("encoding", &self.encoding)
             .finish()
     }
 }
 
 impl ClientOptions {
+    /// Asks for compact event frames (see [`Encoding::Compact`]).
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
     /// Sets the durable subscriber id (ack cursors are kept per id).
     pub fn with_subscriber_id(mut self, id: impl Into<String>) -> Self {
         self.subscriber_id = id.into();

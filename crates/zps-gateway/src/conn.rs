@@ -24,7 +24,7 @@ pub(crate) const MAX_CATCHUP_BUFFER: usize = 4096;
 /// Own publishes remembered for `excludeSelf`.
 const MAX_SKIP_IDS: usize = 256;
 
-use zps_core::fast_hash::{FastMap as RoomMap, FastSet};
+use zps_core::fast_hash::{FastHash, FastMap as RoomMap, FastSet};
 
 /// Where one exact-room subscription stands.
 pub(crate) enum Mode {
@@ -65,7 +65,8 @@ impl RoomSub {
 /// Everything a connection listens to, and its outbound queue.
 #[derive(Default)]
 pub(crate) struct ConnState {
-    pub(crate) exact: RoomMap<Room, RoomSub>,
+    /// Exact rooms (hashbrown's map: hubs look up with a hash computed once per event).
+    pub(crate) exact: hashbrown::HashMap<Room, RoomSub, FastHash>,
     pub(crate) wild: RoomMap<Arc<str>, Option<Arc<[String]>>>,
     pub(crate) ephemeral: RoomMap<RoomPattern, Option<Arc<[String]>>>,
     pub(crate) presence: FastSet<Room>,
@@ -179,18 +180,29 @@ impl ConnShared {
         self.state.lock().out.pop()
     }
 
+    /// Keys `room`'s subscription with this `Room` (a hub's own, so the hub's
+    /// lookups match by pointer).
+    pub(crate) fn rekey(&self, room: &Room) {
+        let mut st = self.state.lock();
+        if let Some(sub) = st.exact.remove(room) {
+            st.exact.insert(room.clone(), sub);
+        }
+    }
+
     /// Rooms to re-read (drained).
     pub(crate) fn take_resync(&self) -> Vec<Room> {
         self.state.lock().out.take_resync()
     }
 
-    /// A live event from a room hub (`via_wildcard` for `scope:*` hubs).
-    pub(crate) fn push_event(&self, frame: &Arc<EventFrame>, via_wildcard: bool) {
+    /// A live event from a room hub. `room` is the event's room as the hub
+    /// holds it and `hash` its [`FastHash`] hash, both computed once per event
+    /// for every member; `via_wildcard` for `scope:*` hubs.
+    pub(crate) fn push_event(&self, frame: &Arc<EventFrame>, room: &Room, hash: u64, via_wildcard: bool) {
         let e = &frame.envelope;
         let mut st = self.state.lock();
         if via_wildcard {
             // An exact subscription of the same room delivers it (in order, once).
-            if st.exact.contains_key(&e.room) {
+            if st.exact.raw_entry().from_key_hashed_nocheck(hash, room).is_some() {
                 return;
             }
             let Some(types) = st.wild.get(e.room.scope()) else {
@@ -203,9 +215,12 @@ impl ConnShared {
             drop(st);
             return wake(w);
         }
-        let Some(sub) = st.exact.get_mut(&e.room) else {
+        let hashbrown::hash_map::RawEntryMut::Occupied(entry) =
+            st.exact.raw_entry_mut().from_key_hashed_nocheck(hash, room)
+        else {
             return;
         };
+        let sub = entry.into_mut();
         match &mut sub.mode {
             Mode::CatchingUp(c) => {
                 if c.buffer.len() < MAX_CATCHUP_BUFFER {

@@ -17,10 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
+use std::hash::BuildHasher;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
+
+use zps_core::fast_hash::FastHash;
 use zps_core::{
-    Discontinuity, Envelope, PRESENCE_JOINED, PRESENCE_LEFT, Realtime, RoomPattern, SubscribeOptions,
+    Discontinuity, Envelope, PRESENCE_JOINED, PRESENCE_LEFT, Realtime, Room, RoomPattern, SubscribeOptions,
     SubscriptionItem, TapGuard,
 };
 
@@ -48,6 +51,9 @@ enum Feed {
 }
 
 struct Hub {
+    /// The room of an exact-room hub, as members key their subscription by it
+    /// (the same `Arc`, so member lookups compare pointers, not names).
+    room: Option<Room>,
     members: Members,
     /// The last sequence pushed to members (exact-room event hubs).
     last: AtomicU64,
@@ -58,11 +64,12 @@ struct Hub {
 }
 
 impl Hub {
-    fn new(wild: bool) -> Self {
+    fn new(pattern: &RoomPattern) -> Self {
         Self {
+            room: pattern.as_room().cloned(),
+            wild: pattern.is_wildcard(),
             members: RwLock::new(Vec::new()),
             last: AtomicU64::new(0),
-            wild,
             closed: AtomicBool::new(false),
             feed: Mutex::new(None),
         }
@@ -71,11 +78,13 @@ impl Hub {
     /// Pushes a stored event to every member.
     fn event(&self, e: &Arc<Envelope>) {
         let frame = Arc::new(EventFrame::new(e.clone()));
+        let room = self.room.as_ref().unwrap_or(&e.room);
+        let hash = FastHash.hash_one(room);
         // `last` moves under the read lock; `join` reads it under the write lock.
         let members = self.members.read();
         self.last.fetch_max(e.sequence, Ordering::AcqRel);
         for m in members.iter() {
-            m.push_event(&frame, self.wild);
+            m.push_event(&frame, room, hash, self.wild);
         }
         crate::hot::hot().fanout();
     }
@@ -122,7 +131,8 @@ impl Hubs {
 
     /// Adds `conn` to the hub of `pattern`, starting the hub if needed. Returns the
     /// last sequence the hub pushed before `conn` joined: every later event reaches
-    /// `conn`, so history up to this position is all a catch-up must cover.
+    /// `conn`, so history up to this position is all a catch-up must cover. An
+    /// exact-room subscription is re-keyed with the hub's own `Room` (see `Hub::room`).
     pub(crate) async fn join(
         &self,
         kind: HubKind,
@@ -150,6 +160,11 @@ impl Hubs {
             }
             drop(members);
             drop(slots);
+            if kind == HubKind::Events
+                && let Some(room) = &hub.room
+            {
+                conn.rekey(room);
+            }
             return Ok(last);
         }
     }
@@ -184,7 +199,7 @@ impl Hubs {
 }
 
 async fn start(engine: Realtime, kind: HubKind, pattern: RoomPattern) -> zps_core::Result<Arc<Hub>> {
-    let hub = Arc::new(Hub::new(pattern.is_wildcard()));
+    let hub = Arc::new(Hub::new(&pattern));
     let feed = match kind {
         HubKind::Events => {
             let tapped = hub.clone();

@@ -321,11 +321,6 @@ impl Realtime {
         &self.inner.config
     }
 
-    /// Whether any middleware is installed.
-    pub fn has_middleware(&self) -> bool {
-        !self.inner.chain().is_empty()
-    }
-
     /// Hands the per-event counters to the `metrics` facade; call it before
     /// rendering metrics when [`crate::metrics::export_on_scrape`] is on (the
     /// gateway's `/metrics` does).

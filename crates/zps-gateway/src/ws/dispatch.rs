@@ -30,7 +30,7 @@ impl Conn {
             };
         }
         if !matches!(msg, ClientMessage::Publish(_))
-            && let Some(lane) = &mut self.lane
+            && let Some(lane) = &self.lane
         {
             // Whatever follows a publish sees it stored, and its answer goes out first.
             lane.settled().await;

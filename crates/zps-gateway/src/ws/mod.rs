@@ -371,8 +371,8 @@ impl Conn {
     }
 
     /// Handles `first` and every message already read behind it (up to a
-    /// budget), then stores the publishes an inline lane collected: a burst of
-    /// publishes is stored as one batch and answered with one write.
+    /// budget) before looking at the queue again: the publishes of a burst
+    /// reach the lane together and their answers leave in one write.
     async fn inbound_burst(
         &mut self,
         first: Option<Result<Message, axum::Error>>,
@@ -389,9 +389,6 @@ impl Conn {
                 Some(msg) => next = self.inbound(msg).await,
                 None => break,
             }
-        }
-        if let Some(lane) = &mut self.lane {
-            lane.flush().await;
         }
         next
     }
