@@ -156,14 +156,20 @@ impl ConnShared {
         wake(w);
     }
 
-    /// The connection task's next job. Frames land in `buffer`.
+    /// The connection task's next job, after settling `written` bytes of the
+    /// previous batch. Frames land in `buffer`.
     pub(crate) fn next_signal<'a>(
         &'a self,
         buffer: &'a mut VecDeque<Outbound>,
+        mut written: usize,
     ) -> impl Future<Output = Signal> + 'a {
-        poll_fn(move |cx| match self.state.lock().out.poll(cx, buffer) {
-            Some(s) => Poll::Ready(s),
-            None => Poll::Pending,
+        poll_fn(move |cx| {
+            let mut st = self.state.lock();
+            st.out.written(std::mem::take(&mut written));
+            match st.out.poll(cx, buffer) {
+                Some(s) => Poll::Ready(s),
+                None => Poll::Pending,
+            }
         })
     }
 

@@ -102,6 +102,9 @@ pub(crate) struct Pipe<W> {
     pub(crate) conn: Arc<ConnShared>,
     /// Frames taken from the queue, being written.
     taken: VecDeque<Outbound>,
+    /// Bytes written since the queue was last looked at; settled on the next
+    /// look, under the same lock (one lock per batch, not two).
+    unsettled: usize,
 }
 
 impl<W: Writer> Pipe<W> {
@@ -110,6 +113,7 @@ impl<W: Writer> Pipe<W> {
             writer,
             conn,
             taken: VecDeque::new(),
+            unsettled: 0,
         }
     }
 
@@ -124,7 +128,8 @@ impl<W: Writer> Pipe<W> {
     /// Waits for the connection's next job. Cancel-safe: frames are only taken
     /// when it completes.
     pub(crate) async fn next(&mut self) -> Signal {
-        self.conn.next_signal(&mut self.taken).await
+        let written = std::mem::take(&mut self.unsettled);
+        self.conn.next_signal(&mut self.taken, written).await
     }
 
     /// Writes the frames [`Pipe::next`] took (`bytes` in total) and flushes
@@ -139,7 +144,7 @@ impl<W: Writer> Pipe<W> {
             self.writer.flush().await
         };
         let result = within(stall, batch).await;
-        self.conn.written(bytes);
+        self.unsettled += bytes;
         crate::hot::hot().sent(frames);
         // A buffer that grew for a burst does not keep its memory while idle.
         if self.taken.capacity() > 256 {

@@ -277,9 +277,20 @@ fn parse_as<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, serde_json::Erro
     serde_json::from_str(text)
 }
 
+/// The `type` of a frame that starts with it, read without a JSON pass
+/// (clients put it first; every publish would otherwise be parsed twice).
+fn leading_type(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"type":""#)?;
+    let kind = &rest[..rest.find('"')?];
+    (!kind.contains('\\')).then_some(kind)
+}
+
 /// Parses one client frame; the error text is bounded and safe to send back.
 pub fn parse_client(text: &str) -> Result<ClientMessage, String> {
-    let tag: Tag<'_> = serde_json::from_str(text).map_err(|e| bounded(&format!("malformed message: {e}")))?;
+    let tag: Tag<'_> = match leading_type(text) {
+        Some(kind) => Tag { kind: kind.into() },
+        None => serde_json::from_str(text).map_err(|e| bounded(&format!("malformed message: {e}")))?,
+    };
     let parsed = match tag.kind.as_ref() {
         "init" => parse_as(text).map(ClientMessage::Init),
         "subscribe" => parse_as(text).map(ClientMessage::Subscribe),
@@ -826,6 +837,24 @@ mod tests {
         assert!(e.contains("unknown message type `bogus`"), "{e}");
         let e = parse_client(r#"{"type":"ack","room":"chat:1"}"#).unwrap_err();
         assert!(e.contains("invalid `ack` message"), "{e}");
+    }
+
+    #[test]
+    fn the_leading_type_shortcut_agrees_with_a_full_parse() {
+        assert_eq!(leading_type(r#"{"type":"publish","event":{}}"#), Some("publish"));
+        assert_eq!(leading_type(r#"{ "type": "publish"}"#), None);
+        assert_eq!(leading_type(r#"{"type":"pub\"lish"}"#), None);
+        assert_eq!(leading_type(r#"{"room":"x","type":"ack"}"#), None);
+        // Either way the same message and the same refusals.
+        for text in [
+            r#"{"type":"ack","room":"chat:1","sequence":3}"#,
+            r#"{"room":"chat:1","sequence":3,"type":"ack"}"#,
+        ] {
+            assert!(matches!(parse_client(text), Ok(ClientMessage::Ack(a)) if a.sequence == 3));
+        }
+        assert!(parse_client(r#"{"type":"nope"}"#).unwrap_err().contains("unknown message type"));
+        assert!(parse_client(r#"{"type":"ack","room":"chat:1"}"#).unwrap_err().contains("invalid `ack` message"));
+        assert!(parse_client(r#"{"type":"ack","room":"chat:1","sequence":1"#).is_err());
     }
 
     #[test]
