@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("load-test") => load_test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => dist(),
         Some("services") => ensure_services().map(|_| ()),
         None | Some("help" | "-h" | "--help") => {
             print_help();
@@ -49,6 +50,8 @@ fn print_help() {
                                    scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay;
                                    results appended to bench-results.jsonl. A provider also runs its
                                    publish benchmark against a raw baseline (INSERT / EVALSHA)
+  dist                             release binary in dist/: stripped, with its line tables split
+                                   out into dist/zero-pub-sub.debug (gdb and perf find it)
   services                         make PostgreSQL and Redis reachable (start or install)"
     );
 }
@@ -193,6 +196,38 @@ impl MongoStandIn {
         }
         Ok(stand_in)
     }
+}
+
+/// The shipped binary: the release build without debug info, plus that debug
+/// info in a file of its own linked by `.gnu_debuglink`.
+fn dist() -> Result<()> {
+    if !has("objcopy") {
+        bail!("objcopy not found (Debian: apt-get install binutils)");
+    }
+    let target = root().join("target/dist");
+    // The release profile strips; this build keeps the line tables to split them.
+    run(cargo()
+        .args(["build", "--release", "-p", "zps-cli", "--target-dir"])
+        .arg(&target)
+        .env("CARGO_PROFILE_RELEASE_STRIP", "none"))?;
+    let built = target.join("release/zero-pub-sub");
+    let out = root().join("dist");
+    std::fs::create_dir_all(&out)?;
+    let (bin, debug) = (out.join("zero-pub-sub"), out.join("zero-pub-sub.debug"));
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&built)
+        .arg(&debug))?;
+    run(Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(format!("--add-gnu-debuglink={}", debug.display()))
+        .arg(&built)
+        .arg(&bin))?;
+    for f in [&bin, &debug] {
+        let size = std::fs::metadata(f)?.len();
+        eprintln!("xtask: {} ({:.1} MB)", f.display(), size as f64 / 1e6);
+    }
+    Ok(())
 }
 
 fn load_test(args: &[String]) -> Result<()> {

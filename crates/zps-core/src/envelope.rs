@@ -308,7 +308,10 @@ impl NewEvent {
 /// Generates a time-ordered unique event id (UUIDv7), so ids sort roughly by creation.
 pub fn generate_id() -> String {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// Checks ids and type names: non-empty, bounded, no control characters.

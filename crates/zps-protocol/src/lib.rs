@@ -852,8 +852,16 @@ mod tests {
         ] {
             assert!(matches!(parse_client(text), Ok(ClientMessage::Ack(a)) if a.sequence == 3));
         }
-        assert!(parse_client(r#"{"type":"nope"}"#).unwrap_err().contains("unknown message type"));
-        assert!(parse_client(r#"{"type":"ack","room":"chat:1"}"#).unwrap_err().contains("invalid `ack` message"));
+        assert!(
+            parse_client(r#"{"type":"nope"}"#)
+                .unwrap_err()
+                .contains("unknown message type")
+        );
+        assert!(
+            parse_client(r#"{"type":"ack","room":"chat:1"}"#)
+                .unwrap_err()
+                .contains("invalid `ack` message")
+        );
         assert!(parse_client(r#"{"type":"ack","room":"chat:1","sequence":1"#).is_err());
     }
 
