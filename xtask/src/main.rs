@@ -45,11 +45,16 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
-  bench [--provider memory|postgres|redis|hybrid] [--scenario NAME] [--quick]
-                                   gateway benchmarks vs a bare broadcast baseline (release build);
-                                   scenarios: fanout-1x1000, rooms-100x10, rooms-1000x1, idle-10k, replay;
-                                   results appended to bench-results.jsonl. A provider also runs its
-                                   publish benchmark against a raw baseline (INSERT / EVALSHA)
+  bench [--provider memory|postgres|redis|hybrid] [--skip-provider-bench]
+        [--scenario NAME]... [--target NAME]... [--quick]
+                                   the gateway (JSON and compact), two bare broadcast loops and
+                                   nats-server driven by one load generator in one run (release
+                                   build), with both sides' CPU and every target as a ratio;
+                                   scenarios: fanout-1x1000, chat-1x10, rooms-100x10, rooms-1000x1,
+                                   idle-10k, replay; targets: zps-json, zps-compact, bare-small,
+                                   bare-gw, nats; results appended to bench-results.jsonl. A provider
+                                   first runs its own publish benchmark against a raw baseline
+                                   (INSERT / EVALSHA) unless --skip-provider-bench
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)
   services                         make PostgreSQL and Redis reachable (start or install)"
@@ -248,11 +253,13 @@ fn load_test(args: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     // `--provider NAME` selects the provider dimension; everything else goes to zps-bench.
     let mut provider = "memory".to_owned();
+    let mut provider_bench = true;
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--provider" => provider = it.next().context("--provider needs a value")?.clone(),
+            "--skip-provider-bench" => provider_bench = false,
             _ => rest.push(a.clone()),
         }
     }
@@ -269,9 +276,11 @@ fn bench(args: &[String]) -> Result<()> {
         "memory" => {}
         "postgres" => {
             // The provider's own benchmark: publish vs raw INSERT, replay of 1 000 000 events.
-            run(cargo()
-                .args(["bench", "-p", "zps-postgres", "--bench", "publish"])
-                .envs(env.clone()))?;
+            if provider_bench {
+                run(cargo()
+                    .args(["bench", "-p", "zps-postgres", "--bench", "publish"])
+                    .envs(env.clone()))?;
+            }
             gateway_args.extend(
                 [
                     "--provider",
@@ -286,9 +295,11 @@ fn bench(args: &[String]) -> Result<()> {
         }
         "redis" => {
             // The provider's own benchmark: publish vs raw EVALSHA/PUBLISH, cross-node latency.
-            run(cargo()
-                .args(["bench", "-p", "zps-redis", "--bench", "publish"])
-                .envs(env.clone()))?;
+            if provider_bench {
+                run(cargo()
+                    .args(["bench", "-p", "zps-redis", "--bench", "publish"])
+                    .envs(env.clone()))?;
+            }
             gateway_args.extend(
                 [
                     "--provider",
@@ -303,9 +314,11 @@ fn bench(args: &[String]) -> Result<()> {
         }
         "hybrid" => {
             // Cross-node latency: PostgreSQL alone, hybrid, and hybrid with lost fan-out.
-            run(cargo()
-                .args(["bench", "-p", "zps-hybrid", "--bench", "cross_node"])
-                .envs(env.clone()))?;
+            if provider_bench {
+                run(cargo()
+                    .args(["bench", "-p", "zps-hybrid", "--bench", "cross_node"])
+                    .envs(env.clone()))?;
+            }
             gateway_args.extend(
                 [
                     "--provider",

@@ -7,6 +7,26 @@ use std::time::{Duration, Instant};
 /// every architecture the kernel exposes to user space this way.
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// Busy CPU seconds of the whole machine (all cores; idle and iowait excluded),
+/// from `/proc/stat`: what the server and the load generator did not use went
+/// to other processes — a database, for instance.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine(&stat)
+}
+
+fn parse_machine(stat: &str) -> Option<f64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let busy: f64 = fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    Some(busy / TICKS_PER_SEC)
+}
+
 /// User + system CPU seconds of process `pid` (`None` for this process).
 pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
@@ -43,6 +63,14 @@ impl CpuMark {
         }
     }
 
+    /// Reads the whole machine's busy time now.
+    pub fn machine() -> Self {
+        Self {
+            at: Instant::now(),
+            seconds: machine_busy_seconds().unwrap_or(0.0),
+        }
+    }
+
     /// Percent of one core used between `self` and `later` (100 = one core busy).
     pub fn percent_until(&self, later: &CpuMark) -> f64 {
         let wall = later
@@ -66,6 +94,12 @@ mod tests {
     fn parses_stat_with_spaces_in_the_name() {
         let stat = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100";
         assert_eq!(parse_stat(stat), Some(3.0));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_machine(stat), Some(1.61));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub fn ratios(runs: &[RunReport]) -> Vec<Ratios> {
 /// The table header.
 pub fn header() {
     println!(
-        "{:<20} {:<11} {:>9} {:>11} {:>7} {:>7} {:>8} {:>5} {:>4} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "{:<20} {:<11} {:>9} {:>11} {:>7} {:>7} {:>8} {:>5} {:>4} {:>6} {:>6} {:>6} {:>6} {:>8} {:>7} {:>7} {:>7} {:>7}",
         "scenario",
         "target",
         "pub/s",
@@ -59,6 +59,7 @@ pub fn header() {
         "dup",
         "srv%",
         "gen%",
+        "oth%",
         "µs/dlv",
         "srv RSS",
         "×bareGw",
@@ -75,7 +76,7 @@ fn ratio(x: Option<f64>) -> String {
 /// One table row.
 pub fn row(r: &RunReport, q: &Ratios) {
     println!(
-        "{:<20} {:<11} {:>9.0} {:>11.0} {:>7} {:>7} {:>8} {:>5} {:>4} {:>6.0} {:>6.0} {:>6.2} {:>8} {:>7} {:>7} {:>7} {:>7}",
+        "{:<20} {:<11} {:>9.0} {:>11.0} {:>7} {:>7} {:>8} {:>5} {:>4} {:>6.0} {:>6.0} {:>6.0} {:>6.2} {:>8} {:>7} {:>7} {:>7} {:>7}",
         r.scenario,
         r.target.name(),
         r.publish_per_sec,
@@ -87,6 +88,7 @@ pub fn row(r: &RunReport, q: &Ratios) {
         r.duplicates_or_out_of_order,
         r.server_cpu_pct,
         r.loadgen_cpu_pct,
+        r.others_cpu_pct,
         r.server_us_per_delivery,
         crate::mib(r.server_rss_bytes),
         ratio(q.to_bare_gw),

@@ -73,6 +73,8 @@ pub struct RunReport {
     pub server_cpu_pct: f64,
     /// Load generator CPU inside the window (100 = one core).
     pub loadgen_cpu_pct: f64,
+    /// CPU used by every other process inside the window (a database, say).
+    pub others_cpu_pct: f64,
     /// Server CPU per delivery inside the window, in µs.
     pub server_us_per_delivery: f64,
     /// Server resident memory at the window's end.
@@ -131,9 +133,11 @@ pub async fn run(target: Target, server: &Server, shape: &Shape, d: Durations) -
         pubs.push(tokio::spawn(load::run_publisher(spec, timeline)));
     }
     tokio::time::sleep_until(timeline.at(timeline.window_start_us).into()).await;
-    let (server_start, self_start) = (CpuMark::now(Some(server.pid())), CpuMark::now(None));
+    let (server_start, self_start, machine_start) =
+        (CpuMark::now(Some(server.pid())), CpuMark::now(None), CpuMark::machine());
     tokio::time::sleep_until(timeline.at(timeline.window_end_us).into()).await;
-    let (server_end, self_end) = (CpuMark::now(Some(server.pid())), CpuMark::now(None));
+    let (server_end, self_end, machine_end) =
+        (CpuMark::now(Some(server.pid())), CpuMark::now(None), CpuMark::machine());
     let rss = server.rss();
     let mut expected = vec![0u64; shape.rooms];
     let mut publish_in_window = 0;
@@ -183,6 +187,10 @@ pub async fn run(target: Target, server: &Server, shape: &Shape, d: Durations) -
         publish_errors,
         server_cpu_pct: server_start.percent_until(&server_end),
         loadgen_cpu_pct: self_start.percent_until(&self_end),
+        others_cpu_pct: (machine_start.percent_until(&machine_end)
+            - server_start.percent_until(&server_end)
+            - self_start.percent_until(&self_end))
+        .max(0.0),
         server_us_per_delivery: server_cpu * 1e6 / (in_window.max(1) as f64),
         server_rss_bytes: rss,
     })
