@@ -23,7 +23,13 @@ fn parse_machine(stat: &str) -> Option<f64> {
         .filter_map(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is within user).
-    let busy: f64 = fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: f64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
     Some(busy / TICKS_PER_SEC)
 }
 

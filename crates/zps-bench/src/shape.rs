@@ -133,11 +133,17 @@ pub async fn run(target: Target, server: &Server, shape: &Shape, d: Durations) -
         pubs.push(tokio::spawn(load::run_publisher(spec, timeline)));
     }
     tokio::time::sleep_until(timeline.at(timeline.window_start_us).into()).await;
-    let (server_start, self_start, machine_start) =
-        (CpuMark::now(Some(server.pid())), CpuMark::now(None), CpuMark::machine());
+    let (server_start, self_start, machine_start) = (
+        CpuMark::now(Some(server.pid())),
+        CpuMark::now(None),
+        CpuMark::machine(),
+    );
     tokio::time::sleep_until(timeline.at(timeline.window_end_us).into()).await;
-    let (server_end, self_end, machine_end) =
-        (CpuMark::now(Some(server.pid())), CpuMark::now(None), CpuMark::machine());
+    let (server_end, self_end, machine_end) = (
+        CpuMark::now(Some(server.pid())),
+        CpuMark::now(None),
+        CpuMark::machine(),
+    );
     let rss = server.rss();
     let mut expected = vec![0u64; shape.rooms];
     let mut publish_in_window = 0;
