@@ -503,6 +503,13 @@ impl PostgresTransport {
         }
         // Read before shutdown: the reader clears it when it stops.
         let listener_pid = inner.shared.backend_pid.load(Ordering::Acquire);
+        // Mark our listener pool closed *before* the reader drops its listener: sqlx hands
+        // the connection back on a task of its own, and a connection handed back to a pool
+        // that is not yet closed can land in the idle queue after `close()` swept it, where
+        // it would stay open until the process exits.
+        let listener_pool_closed = inner
+            .owns_listener_pool
+            .then(|| inner.listener_pool.close());
         let _ = inner.shutdown.send(true);
         // Publishes already queued are still written; the workers end once drained.
         inner.publisher.lock().take();
@@ -515,11 +522,11 @@ impl PostgresTransport {
         inner.shared.live.close();
         inner.shared.ephemeral.close();
         inner.shared.resync.lock().take();
-        if inner.owns_listener_pool
-            && tokio::time::timeout(CLOSE_TIMEOUT, inner.listener_pool.close())
-                .await
-                .is_err()
-        {
+        let listener_pool_stalled = match listener_pool_closed {
+            Some(closed) => tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err(),
+            None => false,
+        };
+        if listener_pool_stalled {
             // sqlx un-listens a dropped listener on a task of its own before handing the
             // connection back; if that stalls, the connection would linger until the
             // process exits. End it from the server side instead.
