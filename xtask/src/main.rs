@@ -104,6 +104,7 @@ fn test(args: &[String]) -> Result<()> {
     if let Some(m) = &mongo {
         env.push(("ZPS_TEST_MONGO_URL".into(), m.url.clone()));
     }
+    env.push(("ZPS_OPENAPI_VALIDATOR".into(), openapi_validator()?));
     let nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -127,6 +128,25 @@ fn test(args: &[String]) -> Result<()> {
     drop(mongo);
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `openapi-spec-validator` (PyPI) in a venv of its own: the HTTP API's test
+/// checks the served OpenAPI document with a validator that is not ours.
+fn openapi_validator() -> Result<String> {
+    const VERSION: &str = "openapi-spec-validator==0.9.0";
+    if let Ok(bin) = std::env::var("ZPS_OPENAPI_VALIDATOR") {
+        return Ok(bin);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+    let venv = PathBuf::from(home).join(".cache/zero-pub-sub/venv-openapi");
+    let bin = venv.join("bin/openapi-spec-validator");
+    if !bin.exists() {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .context("python3 -m venv failed (Debian: apt-get install python3-venv)")?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "-q", VERSION]))
+            .context("pip install openapi-spec-validator failed")?;
+    }
+    Ok(bin.display().to_string())
 }
 
 /// The MongoDB wire-compatible stand-in (nx-27017, from PyPI) for the MongoDB

@@ -6,6 +6,7 @@
 
 mod ops;
 mod providers;
+mod remote;
 mod settings;
 
 use std::net::SocketAddr;
@@ -45,6 +46,22 @@ enum Command {
     Tail(ops::TailArgs),
     /// Print one page of a room's history.
     Replay(ops::ReplayArgs),
+    /// Active rooms with subscriber counts across the cluster, or one room's state (HTTP API).
+    Rooms(remote::RoomsArgs),
+    /// Who is present in a room (HTTP API).
+    Presence(remote::PresenceArgs),
+    /// A page of a room's history from a running gateway (HTTP API).
+    History(remote::HistoryArgs),
+    /// List, replay or drop dead letters (HTTP API).
+    #[command(subcommand)]
+    Dlq(remote::DlqCommand),
+    /// Close a connection or every connection of a subscriber (HTTP API).
+    Kick(remote::KickArgs),
+    /// Mint a client token for a user (HTTP API; the gateway needs --jwt-secret).
+    Token(remote::TokenArgs),
+    /// Make API keys for the HTTP API.
+    #[command(subcommand, name = "api-key")]
+    ApiKey(remote::ApiKeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +88,13 @@ fn main() -> ExitCode {
             Command::Publish(a) => ops::publish(a).await,
             Command::Tail(a) => ops::tail(a).await,
             Command::Replay(a) => ops::replay(a).await,
+            Command::Rooms(a) => remote::rooms(a).await,
+            Command::Presence(a) => remote::presence(a).await,
+            Command::History(a) => remote::history(a).await,
+            Command::Dlq(c) => remote::dlq(c).await,
+            Command::Kick(a) => remote::kick(a).await,
+            Command::Token(a) => remote::token(a).await,
+            Command::ApiKey(c) => remote::api_key(c),
         }
     });
     match result {
@@ -141,6 +165,7 @@ fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
             ..Default::default()
         },
         allowed_origins: s.allowed_origins.clone(),
+        api: s.api.clone(),
         ..Default::default()
     };
     config.drain_timeout = Some(s.drain_timeout);

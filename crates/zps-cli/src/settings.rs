@@ -227,6 +227,34 @@ pub(crate) struct GatewayArgs {
         help_heading = "Auth"
     )]
     pub(crate) allowed_origins: Option<Vec<String>>,
+    /// An API key for `/api/v1` (repeatable): `KEY` (every scope) or
+    /// `KEY@publish+read` (those scopes). Make one with `zero-pub-sub api-key new`.
+    #[arg(
+        long = "api-key",
+        env = "ZERO_PUBSUB_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "KEY[@SCOPES]",
+        help_heading = "HTTP API"
+    )]
+    pub(crate) api_keys: Option<Vec<String>>,
+    /// A TOML file of hashed API keys (`[[keys]]` name, hash, scopes, rooms, rate_per_second).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_API_KEYS_FILE",
+        value_name = "FILE",
+        help_heading = "HTTP API"
+    )]
+    pub(crate) api_keys_file: Option<PathBuf>,
+    /// Requests per second per API caller (a burst of as many) [default: 1000].
+    #[arg(long, env = "ZERO_PUBSUB_API_RATE_PER_SECOND", help_heading = "HTTP API")]
+    pub(crate) api_rate_per_second: Option<u32>,
+    /// Largest HTTP API request body [default: 1048576].
+    #[arg(long, env = "ZERO_PUBSUB_API_MAX_BODY_BYTES", help_heading = "HTTP API")]
+    pub(crate) api_max_body_bytes: Option<usize>,
+    /// Serve the HTTP API under /api/v1 [default: true].
+    #[arg(long, env = "ZERO_PUBSUB_HTTP_API", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "HTTP API")]
+    pub(crate) http_api: Option<bool>,
 }
 
 /// The same keys in a TOML file; unknown keys are an error.
@@ -264,6 +292,11 @@ pub(crate) struct FileSettings {
     scopes: Option<Vec<String>>,
     rooms_claim: Option<String>,
     allowed_origins: Option<Vec<String>>,
+    api_keys: Option<Vec<String>>,
+    api_keys_file: Option<PathBuf>,
+    api_rate_per_second: Option<u32>,
+    api_max_body_bytes: Option<usize>,
+    http_api: Option<bool>,
 }
 
 /// The resolved provider choice.
@@ -334,6 +367,42 @@ pub(crate) struct Settings {
     pub(crate) rooms_claim: String,
     /// Origin allow-list.
     pub(crate) allowed_origins: Option<Vec<String>>,
+    /// The HTTP API.
+    pub(crate) api: zps_gateway::api::ApiConfig,
+}
+
+/// The HTTP API's settings: keys from flags (hashed at once) and from a key file.
+fn api_config(
+    flags: Vec<String>,
+    file: Option<&std::path::Path>,
+    rate: Option<u32>,
+    max_body: Option<usize>,
+    enabled: Option<bool>,
+) -> anyhow::Result<zps_gateway::api::ApiConfig> {
+    use zps_gateway::api::keys::{ApiKey, ApiKeys, KeyFile};
+    let mut keys = Vec::new();
+    for (i, flag) in flags.iter().filter(|f| !f.trim().is_empty()).enumerate() {
+        keys.push(ApiKey::from_flag(flag.trim(), i + 1)?);
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --api-keys-file {}", path.display()))?;
+        let parsed: KeyFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid --api-keys-file {}: {}", path.display(), e.message()))?;
+        for spec in &parsed.keys {
+            keys.push(ApiKey::from_spec(spec)?);
+        }
+    }
+    let defaults = zps_gateway::api::ApiConfig::default();
+    if rate == Some(0) {
+        bail!("--api-rate-per-second must be at least 1");
+    }
+    Ok(zps_gateway::api::ApiConfig {
+        enabled: enabled.unwrap_or(defaults.enabled),
+        keys: ApiKeys::new(keys),
+        max_body_bytes: max_body.unwrap_or(defaults.max_body_bytes),
+        rate_per_second: rate.unwrap_or(defaults.rate_per_second),
+    })
 }
 
 fn read_file(path: &PathBuf) -> anyhow::Result<FileSettings> {
@@ -401,6 +470,13 @@ impl Settings {
             scopes: pick!(scopes).filter(|s| !s.is_empty()),
             rooms_claim: pick!(rooms_claim).unwrap_or_else(|| "rooms".to_owned()),
             allowed_origins: pick!(allowed_origins).filter(|o| !o.is_empty()),
+            api: api_config(
+                pick!(api_keys).unwrap_or_default(),
+                pick!(api_keys_file).as_deref(),
+                pick!(api_rate_per_second),
+                pick!(api_max_body_bytes),
+                pick!(http_api),
+            )?,
         };
         settings.validate()?;
         Ok(settings)

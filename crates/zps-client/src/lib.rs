@@ -54,6 +54,7 @@ mod backoff;
 mod client;
 mod driver;
 mod error;
+pub mod http;
 mod options;
 mod room;
 mod shared;

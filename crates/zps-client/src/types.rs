@@ -79,7 +79,7 @@ pub enum ConnectionState {
 }
 
 /// The server's receipt for a durable publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Published {
     /// The stored event's id (the idempotency key).
     pub id: String,

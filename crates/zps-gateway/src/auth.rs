@@ -93,7 +93,7 @@ impl std::fmt::Debug for JwtKey {
 }
 
 /// Authentication and authorization settings.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AuthConfig {
     /// Verify tokens with this key; when set, `init` must carry a valid token.
     pub jwt: Option<JwtKey>,
@@ -103,9 +103,22 @@ pub struct AuthConfig {
     pub scopes: Option<Vec<String>>,
     /// A token claim listing room patterns the connection may use (`chat:123`, `chat:*`);
     /// without the claim in a token, any room of an allowed scope is allowed.
+    /// Default `rooms`; `None` ignores every token's room list.
     pub rooms_claim: Option<String>,
     /// Per-room callback, asked last.
     pub authorize: Option<Authorizer>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt: None,
+            leeway: None,
+            scopes: None,
+            rooms_claim: Some("rooms".to_owned()),
+            authorize: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {

@@ -75,6 +75,8 @@ pub struct GatewayConfig {
     pub drain_timeout: Option<Duration>,
     /// Reconnect delay hinted to SSE clients (`retry:`).
     pub sse_retry: Option<Duration>,
+    /// The HTTP API under `/api/v1`.
+    pub api: crate::api::ApiConfig,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -84,6 +86,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("auth", &self.auth)
             .field("allowed_origins", &self.allowed_origins)
             .field("drain_timeout", &self.drain_timeout)
+            .field("api", &self.api)
             .finish()
     }
 }

@@ -113,6 +113,34 @@ fn wake(w: Option<Waker>) {
     }
 }
 
+/// A request to a connection from outside its task (the HTTP API), answered
+/// on `reply` once the connection did it.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Enter a room's presence as this connection (kept alive and left by it).
+    PresenceEnter {
+        room: Room,
+        metadata: Option<zps_core::Metadata>,
+        reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, crate::api::ApiError>>,
+    },
+    /// Leave a room's presence.
+    PresenceLeave {
+        room: Room,
+        reply: tokio::sync::oneshot::Sender<Result<serde_json::Value, crate::api::ApiError>>,
+    },
+    /// An operator closes the connection: tell the client why, then close (4403).
+    Kick { reason: String },
+}
+
+/// Who a connection belongs to, once known (after `init`, or at SSE start).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Owner {
+    /// The token's `sub`.
+    pub(crate) subject: Option<String>,
+    /// The subscriber id the connection uses.
+    pub(crate) subscriber: Option<String>,
+}
+
 /// The part of a connection that hubs can reach.
 pub(crate) struct ConnShared {
     pub(crate) id: u64,
@@ -121,6 +149,9 @@ pub(crate) struct ConnShared {
     pub(crate) kind: ConnKind,
     limit: usize,
     pub(crate) state: Mutex<ConnState>,
+    owner: std::sync::OnceLock<Owner>,
+    /// An operator closed it (counted once, even while it is still closing).
+    kicked: std::sync::atomic::AtomicBool,
 }
 
 impl ConnShared {
@@ -131,7 +162,35 @@ impl ConnShared {
             kind,
             limit,
             state: Mutex::new(ConnState::default()),
+            owner: std::sync::OnceLock::new(),
+            kicked: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Marks the connection kicked; false when it already was.
+    pub(crate) fn mark_kicked(&self) -> bool {
+        !self.kicked.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Records who the connection belongs to (once).
+    pub(crate) fn set_owner(&self, owner: Owner) {
+        let _ = self.owner.set(owner);
+    }
+
+    /// The token subject of the connection's owner.
+    pub(crate) fn owner(&self) -> Option<String> {
+        self.owner.get().and_then(|o| o.subject.clone())
+    }
+
+    /// The connection's subscriber id.
+    pub(crate) fn subscriber(&self) -> Option<String> {
+        self.owner.get().and_then(|o| o.subscriber.clone())
+    }
+
+    /// Hands a command to the connection task.
+    pub(crate) fn command(&self, c: Command) {
+        let w = self.state.lock().out.command(c);
+        wake(w);
     }
 
     /// Holds frames back while this connection's own publishes are stored.

@@ -116,3 +116,26 @@ pub(crate) fn origin_allowed(gw: &Shared, headers: &HeaderMap) -> bool {
         Some(origin) => allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)),
     }
 }
+
+/// CORS for the browser-facing HTTP routes (`/events`, `/api/v1`): the same
+/// origin allow-list as WebSocket upgrades; any origin when none is configured
+/// (credentials travel in the `Authorization` header, never in cookies).
+pub(crate) fn cors(gw: &Shared) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origin = match &gw.config.allowed_origins {
+        Some(list) if !list.iter().any(|o| o == "*") => {
+            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        }
+        _ => AllowOrigin::any(),
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+}

@@ -18,7 +18,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 pub mod auth;
+mod cluster;
 mod config;
 mod conn;
 mod frames;
@@ -117,9 +119,11 @@ impl Gateway {
             ),
             None => None,
         };
-        Ok(Self {
-            shared: Arc::new(Shared::new(engine, config, verifier, prometheus_handle())),
-        })
+        let shared = Arc::new(Shared::new(engine, config, verifier, prometheus_handle()));
+        let every =
+            (shared.engine.config().presence_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        cluster::start(&shared, every);
+        Ok(Self { shared })
     }
 
     /// The engine behind the gateway (publish from your backend through it).
@@ -129,10 +133,19 @@ impl Gateway {
 
     /// The routes, ready to serve or to merge into an existing axum app.
     pub fn router(&self) -> Router {
+        let api = if self.shared.config.api.enabled {
+            api::router(&self.shared)
+        } else {
+            Router::new()
+        };
+        let browser = Router::new()
+            .merge(api)
+            .route("/events", get(sse::handler))
+            .layer(http::cors(&self.shared));
         Router::new()
+            .merge(browser)
             .route("/", get(ws::handler))
             .route("/ws", get(ws::handler))
-            .route("/events", get(sse::handler))
             .route("/health", get(http::health))
             .route("/live", get(http::live))
             .route("/ready", get(http::ready))

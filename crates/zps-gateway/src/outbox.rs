@@ -26,6 +26,8 @@ pub(crate) enum Signal {
     Close(CloseCode),
     /// Some rooms' live streams showed a hole: re-read their history.
     Resync,
+    /// Something asked of the connection from outside (the HTTP API).
+    Command(crate::conn::Command),
     /// Write the frames now in the caller's buffer (`bytes` in total), then flush.
     Frames {
         /// Their size.
@@ -41,6 +43,7 @@ pub(crate) struct Outbox {
     bytes: usize,
     close: Option<CloseCode>,
     resync: Vec<Room>,
+    commands: VecDeque<crate::conn::Command>,
     waker: Option<Waker>,
     /// A wake-up was issued that the task has not acted on yet.
     signalled: bool,
@@ -124,6 +127,12 @@ impl Outbox {
         self.signal()
     }
 
+    /// Queues a command for the task; returns the waker to wake.
+    pub(crate) fn command(&mut self, c: crate::conn::Command) -> Option<Waker> {
+        self.commands.push_back(c);
+        self.signal()
+    }
+
     /// Rooms to re-read (drained).
     pub(crate) fn take_resync(&mut self) -> Vec<Room> {
         std::mem::take(&mut self.resync)
@@ -152,6 +161,9 @@ impl Outbox {
         }
         if !self.resync.is_empty() {
             return Some(Signal::Resync);
+        }
+        if let Some(c) = self.commands.pop_front() {
+            return Some(Signal::Command(c));
         }
         if !self.queue.is_empty() {
             buffer.clear();

@@ -97,6 +97,73 @@ fn room_refusal(e: &RoomError, raw: &str) -> Refusal {
     Refusal::new(ErrorCode::InvalidRoom, e.to_string()).in_room(&zps_protocol::bounded(raw))
 }
 
+/// Parses a room or pattern and applies the scope allow-list (4422).
+pub(crate) fn parse_target(gw: &Shared, raw: &str) -> Result<RoomPattern, Refusal> {
+    let target = RoomPattern::parse(raw).map_err(|e| room_refusal(&e, raw))?;
+    if target.scope() == crate::cluster::RESERVED_SCOPE {
+        return Err(Refusal::new(ErrorCode::InvalidRoom, "reserved scope").in_room(raw));
+    }
+    if let Some(scopes) = &gw.config.auth.scopes
+        && !scopes.iter().any(|s| s == target.scope())
+    {
+        return Err(Refusal::new(
+            ErrorCode::InvalidRoom,
+            format!("scope not allowed: {}", target.scope()),
+        )
+        .in_room(raw));
+    }
+    Ok(target)
+}
+
+/// Whether `identity` may do `action` on `target`: the rooms claim, then the
+/// authorize hook (4408). The same rules for sockets, SSE and the HTTP API.
+pub(crate) async fn authorize(
+    gw: &Shared,
+    identity: &Identity,
+    subscriber_id: Option<&str>,
+    target: &RoomPattern,
+    action: AuthAction,
+) -> Result<(), Refusal> {
+    let denied = || {
+        metrics::counter!("zps_gateway_access_denied_total", "action" => action.as_str()).increment(1);
+        let room = target.to_string();
+        Refusal::new(ErrorCode::AccessDenied, format!("Access denied for room: {room}")).in_room(&room)
+    };
+    let auth = &gw.config.auth;
+    if let Some(claim) = &auth.rooms_claim
+        && let Some(list) = identity.claims.get(claim)
+    {
+        let patterns: Vec<String> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if !claim_allows(&patterns, target) {
+            return Err(denied());
+        }
+    }
+    if let Some(hook) = &auth.authorize {
+        let request = AuthorizeRequest {
+            subscriber_id: subscriber_id.unwrap_or_default().to_owned(),
+            claims: identity.claims.clone(),
+            room: target.to_string(),
+            action,
+        };
+        if !hook(request).await {
+            return Err(denied());
+        }
+    }
+    Ok(())
+}
+
+/// A `presence_state` message as the HTTP API answers it (without `type`).
+fn state_json(msg: &ServerMessage) -> serde_json::Value {
+    let mut v = serde_json::to_value(msg).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("type");
+    }
+    v
+}
+
 /// One connection's session.
 pub(crate) struct Session {
     pub(crate) gw: Arc<Shared>,
@@ -130,17 +197,7 @@ impl Session {
 
     /// Parses a room or pattern and applies the scope allow-list (4422).
     pub(crate) fn target(&self, raw: &str) -> Result<RoomPattern, Refusal> {
-        let target = RoomPattern::parse(raw).map_err(|e| room_refusal(&e, raw))?;
-        if let Some(scopes) = &self.gw.config.auth.scopes
-            && !scopes.iter().any(|s| s == target.scope())
-        {
-            return Err(Refusal::new(
-                ErrorCode::InvalidRoom,
-                format!("scope not allowed: {}", target.scope()),
-            )
-            .in_room(raw));
-        }
-        Ok(target)
+        parse_target(&self.gw, raw)
     }
 
     /// Parses an exact room (no wildcard) and applies the scope allow-list.
@@ -153,35 +210,14 @@ impl Session {
 
     /// The rooms claim and the authorize hook (4408).
     pub(crate) async fn authorize(&self, target: &RoomPattern, action: AuthAction) -> Result<(), Refusal> {
-        let denied = || {
-            metrics::counter!("zps_gateway_access_denied_total", "action" => action.as_str()).increment(1);
-            let room = target.to_string();
-            Refusal::new(ErrorCode::AccessDenied, format!("Access denied for room: {room}")).in_room(&room)
-        };
-        let auth = &self.gw.config.auth;
-        if let Some(claim) = &auth.rooms_claim
-            && let Some(list) = self.identity.claims.get(claim)
-        {
-            let patterns: Vec<String> = list
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default();
-            if !claim_allows(&patterns, target) {
-                return Err(denied());
-            }
-        }
-        if let Some(hook) = &auth.authorize {
-            let request = AuthorizeRequest {
-                subscriber_id: self.subscriber_id.clone().unwrap_or_default(),
-                claims: self.identity.claims.clone(),
-                room: target.to_string(),
-                action,
-            };
-            if !hook(request).await {
-                return Err(denied());
-            }
-        }
-        Ok(())
+        authorize(
+            &self.gw,
+            &self.identity,
+            self.subscriber_id.as_deref(),
+            target,
+            action,
+        )
+        .await
     }
 
     fn check_capacity(&self, target: &RoomPattern) -> Result<(), Refusal> {
@@ -415,6 +451,36 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Does what the HTTP API asked of this connection and answers it.
+    pub(crate) async fn run_command(&mut self, command: crate::conn::Command) {
+        use crate::conn::Command;
+        match command {
+            Command::PresenceEnter {
+                room,
+                metadata,
+                reply,
+            } => {
+                let result = match self
+                    .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Subscribe)
+                    .await
+                {
+                    Ok(()) => self
+                        .presence_enter(&room, metadata)
+                        .await
+                        .map(|state| state_json(&state)),
+                    Err(r) => Err(r),
+                };
+                let _ = reply.send(result.map_err(Into::into));
+            }
+            Command::PresenceLeave { room, reply } => {
+                let result = self.presence_leave(&room).await.map(|()| serde_json::Value::Null);
+                let _ = reply.send(result.map_err(Into::into));
+            }
+            // The connection task handles kicks itself (it owns the socket).
+            Command::Kick { .. } => {}
+        }
     }
 
     /// Stops watching a room's presence.

@@ -31,7 +31,14 @@ pub(crate) struct Shared {
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Open connections, so a drain (and an operator) can reach each one.
     open: Mutex<HashMap<u64, Weak<ConnShared>>>,
+    /// Subscriber ids refused until an instant (operator bans).
+    bans: Mutex<HashMap<String, std::time::Instant>>,
+    /// Per-caller rate limits of the HTTP API.
+    pub(crate) api_rate: crate::api::RateLimiter,
 }
+
+/// How long a kicked connection gets to write its reason before it is closed anyway.
+const KICK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Keeps a connection listed in [`Shared`]; unlisted on drop.
 pub(crate) struct Registration {
@@ -77,6 +84,8 @@ impl Shared {
             drain: CancellationToken::new(),
             prometheus,
             open: Mutex::new(HashMap::new()),
+            bans: Mutex::new(HashMap::new()),
+            api_rate: crate::api::RateLimiter::default(),
         }
     }
 
@@ -132,6 +141,56 @@ impl Shared {
         for conn in open {
             conn.kill(code);
         }
+    }
+
+    /// One of this node's open connections, by its key (`<node>-<n>`).
+    pub(crate) fn find_connection(&self, key: &str) -> Option<Arc<ConnShared>> {
+        let id: u64 = key
+            .strip_prefix(self.node_id.as_str())?
+            .strip_prefix('-')?
+            .parse()
+            .ok()?;
+        self.open.lock().get(&id).and_then(Weak::upgrade)
+    }
+
+    /// Closes (4403, after an `error` with `reason`) the connections `which` picks;
+    /// returns how many.
+    pub(crate) fn kick(&self, which: impl Fn(&ConnShared) -> bool, reason: &str) -> usize {
+        let open: Vec<Arc<ConnShared>> = self.open.lock().values().filter_map(Weak::upgrade).collect();
+        let mut n = 0;
+        for conn in open.iter().filter(|c| which(c) && c.mark_kicked()) {
+            // The task writes the reason after what is already queued, then closes.
+            conn.command(crate::conn::Command::Kick {
+                reason: reason.to_owned(),
+            });
+            // A peer that reads nothing would never see it: close regardless, soon.
+            let weak = Arc::downgrade(conn);
+            tokio::spawn(async move {
+                tokio::time::sleep(KICK_GRACE).await;
+                if let Some(conn) = weak.upgrade() {
+                    conn.kill(CloseCode::Kicked);
+                }
+            });
+            n += 1;
+        }
+        metrics::counter!("zps_gateway_kicks_total").increment(n as u64);
+        n
+    }
+
+    /// Refuses `subscriber`'s connections for `for_how_long`.
+    pub(crate) fn ban(&self, subscriber: &str, for_how_long: std::time::Duration) {
+        let until = std::time::Instant::now() + for_how_long;
+        let mut bans = self.bans.lock();
+        bans.retain(|_, t| *t > std::time::Instant::now());
+        bans.insert(subscriber.to_owned(), until);
+    }
+
+    /// Whether `subscriber` is banned now.
+    pub(crate) fn banned(&self, subscriber: &str) -> bool {
+        self.bans
+            .lock()
+            .get(subscriber)
+            .is_some_and(|t| *t > std::time::Instant::now())
     }
 
     pub(crate) fn is_draining(&self) -> bool {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use zps_core::RoomPattern;
-use zps_protocol::ErrorCode;
+use zps_protocol::{ErrorCode, Ready, ServerMessage};
 
 use crate::auth::{AuthAction, TokenError};
 use crate::conn::ConnShared;
@@ -149,6 +149,19 @@ pub(crate) async fn handler(
     let mut session = Session::new(gw.clone(), conn.clone());
     session.identity = identity;
     session.subscriber_id = params.subscriber_id.clone();
+    if let Some(sub) = &params.subscriber_id
+        && gw.banned(sub)
+    {
+        let r = Refusal::new(
+            ErrorCode::Forbidden,
+            "this subscriber was disconnected by an operator; retry later",
+        );
+        return http_error(StatusCode::FORBIDDEN, &r);
+    }
+    session.conn.set_owner(crate::conn::Owner {
+        subject: session.identity.subject.clone(),
+        subscriber: params.subscriber_id.clone(),
+    });
 
     if params.rooms.len() > gw.config.limits.max_subscriptions {
         let r = Refusal::new(ErrorCode::TooManySubscriptions, "too many rooms");
@@ -214,8 +227,19 @@ async fn run(
     let gw = session.gw.clone();
     let retry = gw.config.sse_retry.unwrap_or(Duration::from_secs(3)).as_millis();
     let started = async {
-        pipe.write(Outbound::Sse(Bytes::from(format!("retry: {retry}\n\n"))))
-            .await?;
+        // The first record sets the reconnect delay and names the stream
+        // (`connectionId` is what the HTTP API's presence routes take).
+        let ready = ServerMessage::Ready(Ready {
+            subscriber_id: session.subscriber_id.clone().unwrap_or_default(),
+            connection_id: Some(session.conn.key.to_string()),
+            heartbeat_interval_ms: Some(gw.config.limits.heartbeat_interval.as_millis() as u64),
+            token_expires_at: session.identity.expires_at,
+        });
+        pipe.write(Outbound::Sse(Bytes::from(format!(
+            "retry: {retry}\nevent: ready\ndata: {}\n\n",
+            ready.to_json()
+        ))))
+        .await?;
         for target in targets {
             let from = positions.get(&target).copied().or(params.from_sequence);
             match session
@@ -248,6 +272,17 @@ async fn run(
         let registration = gw.register(&conn);
         // Notices the client going away while nothing is being written.
         let body = pipe.writer.tx.clone();
+        let presence_every = (gw.engine.config().presence_ttl / 3).max(Duration::from_millis(50));
+        let mut presence_tick = tokio::time::interval_at(Instant::now() + presence_every, presence_every);
+        // A stream ends when its token does: the client reconnects with a fresh one.
+        let expiry = session
+            .identity
+            .expires_at
+            .map(|exp| Instant::now() + Duration::from_secs(exp.saturating_sub(crate::auth::unix_now())));
+        let expired = tokio::time::sleep_until(
+            expiry.unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365)),
+        );
+        tokio::pin!(expired);
         loop {
             let step = tokio::select! {
                 biased;
@@ -262,7 +297,26 @@ async fn run(
                         Ok(()) => Ok(true),
                         Err(_) => Ok(false),
                     },
+                    Signal::Command(crate::conn::Command::Kick { reason }) => {
+                        let msg = Refusal::new(ErrorCode::Forbidden, reason).to_message();
+                        let _ = pipe.write(crate::frames::control(ConnKind::Sse, &msg)).await;
+                        let _ = pipe.flush().await;
+                        break;
+                    }
+                    Signal::Command(c) => {
+                        session.run_command(c).await;
+                        Ok(true)
+                    }
                 },
+                () = &mut expired, if expiry.is_some() => {
+                    let msg = Refusal::new(ErrorCode::Unauthorized, "token expired").to_message();
+                    let _ = pipe.write(crate::frames::control(ConnKind::Sse, &msg)).await;
+                    break;
+                }
+                _ = presence_tick.tick(), if !session.entered.is_empty() => {
+                    session.presence_refresh().await;
+                    Ok(true)
+                }
                 _ = heartbeat.tick() => pipe.write(Outbound::Sse(Bytes::from_static(b": ping\n\n"))).await.map(|()| true),
             };
             if !matches!(step, Ok(true)) {

@@ -507,9 +507,7 @@ impl PostgresTransport {
         // the connection back on a task of its own, and a connection handed back to a pool
         // that is not yet closed can land in the idle queue after `close()` swept it, where
         // it would stay open until the process exits.
-        let listener_pool_closed = inner
-            .owns_listener_pool
-            .then(|| inner.listener_pool.close());
+        let listener_pool_closed = inner.owns_listener_pool.then(|| inner.listener_pool.close());
         let _ = inner.shutdown.send(true);
         // Publishes already queued are still written; the workers end once drained.
         inner.publisher.lock().take();

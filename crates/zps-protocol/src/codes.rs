@@ -14,6 +14,9 @@ pub enum ErrorCode {
     Forbidden,
     /// 4404: not subscribed to that room.
     NotSubscribed,
+    /// 4406: the named thing does not exist (HTTP API: an unknown connection,
+    /// subscriber cursor, dead letter or snapshot).
+    NotFound,
     /// 4408: access denied for the room (the seed's code).
     AccessDenied,
     /// 4409: `init` sent twice.
@@ -36,11 +39,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::Malformed,
         Self::Unauthorized,
         Self::Forbidden,
         Self::NotSubscribed,
+        Self::NotFound,
         Self::AccessDenied,
         Self::AlreadyInitialised,
         Self::PayloadTooLarge,
@@ -59,6 +63,7 @@ impl ErrorCode {
             Self::Unauthorized => "4401",
             Self::Forbidden => "4403",
             Self::NotSubscribed => "4404",
+            Self::NotFound => "4406",
             Self::AccessDenied => "4408",
             Self::AlreadyInitialised => "4409",
             Self::PayloadTooLarge => "4413",
@@ -109,6 +114,8 @@ pub enum CloseCode {
     ServiceRestart,
     /// 4401: no `init` in time, bad token at `init`, or token expired without refresh.
     Unauthorized,
+    /// 4403: disconnected by an operator (HTTP API kick); a ban, if any, is in the reason.
+    Kicked,
     /// 4410: the peer stopped answering heartbeats.
     HeartbeatTimeout,
     /// 4429: kept flooding after rate-limit errors.
@@ -121,12 +128,13 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 9] = [
+    pub const ALL: [CloseCode; 10] = [
         Self::Normal,
         Self::TooBig,
         Self::InternalError,
         Self::ServiceRestart,
         Self::Unauthorized,
+        Self::Kicked,
         Self::HeartbeatTimeout,
         Self::RateLimited,
         Self::AtCapacity,
@@ -141,6 +149,7 @@ impl CloseCode {
             Self::InternalError => 1011,
             Self::ServiceRestart => 1012,
             Self::Unauthorized => 4401,
+            Self::Kicked => 4403,
             Self::HeartbeatTimeout => 4410,
             Self::RateLimited => 4429,
             Self::AtCapacity => 4503,
@@ -156,6 +165,7 @@ impl CloseCode {
             Self::InternalError => "internal error",
             Self::ServiceRestart => "server restarting, reconnect",
             Self::Unauthorized => "unauthorized",
+            Self::Kicked => "disconnected by an operator",
             Self::HeartbeatTimeout => "heartbeat timeout",
             Self::RateLimited => "rate limit exceeded",
             Self::AtCapacity => "gateway at capacity",

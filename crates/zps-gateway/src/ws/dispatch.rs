@@ -103,6 +103,18 @@ impl Conn {
                 }
             }
         }
+        if self.session.gw.banned(&init.subscriber_id) {
+            self.refuse(
+                ErrorCode::Forbidden,
+                "this subscriber was disconnected by an operator; retry later",
+            )
+            .await?;
+            return Ok(Next::Close(CloseCode::Kicked));
+        }
+        self.session.conn.set_owner(crate::conn::Owner {
+            subject: self.session.identity.subject.clone(),
+            subscriber: Some(init.subscriber_id.clone()),
+        });
         self.session.subscriber_id = Some(init.subscriber_id.clone());
         self.initialized = true;
         self.arm_expiry();

@@ -212,6 +212,14 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot, kind: ConnKind)
                     Err(Failure::Disconnected) => Err(Disconnected),
                     Err(Failure::Refused(r)) => conn.reply(r.to_message()).await.map(|()| Next::Continue),
                 },
+                Signal::Command(crate::conn::Command::Kick { reason }) => conn
+                    .refuse(zps_protocol::ErrorCode::Forbidden, &reason)
+                    .await
+                    .map(|()| Next::Close(zps_protocol::CloseCode::Kicked)),
+                Signal::Command(c) => {
+                    Box::pin(conn.session.run_command(c)).await;
+                    Ok(Next::Continue)
+                }
             },
             msg = stream.next() => Box::pin(conn.inbound_burst(msg, &mut stream)).await,
             () = &mut timer => {

@@ -1,0 +1,212 @@
+//! The API's one error shape, `{"error":{"code","message"}}`, with the wire
+//! protocol's codes and the HTTP status each code stands for.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use zps_protocol::ErrorCode;
+
+use crate::session::Refusal;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// The protocol's error code (`4400`, `4401`, `4403`, …).
+    #[schema(example = "4403")]
+    pub code: String,
+    /// A readable explanation (never a secret or a storage detail).
+    pub message: String,
+}
+
+/// A refused request.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The protocol code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with the status its code stands for.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: status_of(code),
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 with the protocol's not-found code.
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, what)
+    }
+
+    /// 403: the caller is known but may not do this.
+    pub(crate) fn forbidden(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, what)
+    }
+}
+
+/// The HTTP status for a protocol code.
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Malformed => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden | ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound | ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyInitialised => StatusCode::CONFLICT,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::InvalidRoom => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        Self::new(r.code, r.message)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::new(ErrorCode::PayloadTooLarge, "request body too large");
+        }
+        Self::new(
+            ErrorCode::Malformed,
+            zps_protocol::bounded(&format!("invalid JSON body: {}", r.body_text())),
+        )
+    }
+}
+
+impl From<zps_core::Error> for ApiError {
+    fn from(e: zps_core::Error) -> Self {
+        Refusal::engine(&e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        metrics::counter!("zps_api_errors_total", "code" => self.code.as_str()).increment(1);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.code == ErrorCode::RateLimited {
+            // Buckets refill continuously: one second always brings a token back.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejections answer in the API's error shape.
+#[derive(Debug)]
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// Query strings parsed with the API's error shape.
+#[derive(Debug)]
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::Malformed,
+                zps_protocol::bounded(&format!("invalid query: {}", e.body_text())),
+            )),
+        }
+    }
+}
+
+/// Path parameters parsed with the API's error shape.
+#[derive(Debug)]
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::Malformed,
+                zps_protocol::bounded(&format!("invalid path: {}", e.body_text())),
+            )),
+        }
+    }
+}
+
+/// The raw request body, its rejections (too large) in the API's error shape.
+#[derive(Debug)]
+pub(crate) struct RawBody(pub(crate) axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(Self(b)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "request body too large",
+            )),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::Malformed,
+                zps_protocol::bounded(&e.body_text()),
+            )),
+        }
+    }
+}
