@@ -36,6 +36,8 @@ pub(crate) struct PruneArgs {
 pub(crate) struct PublishArgs {
     #[command(flatten)]
     provider: ProviderArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Target room (`scope:id`).
     #[arg(long)]
     room: String,
@@ -53,11 +55,25 @@ pub(crate) struct PublishArgs {
     ttl_ms: Option<u64>,
 }
 
+/// Reach a running gateway instead of a provider.
+#[derive(Debug, Args)]
+pub(crate) struct RemoteArgs {
+    /// A running gateway's base URL (`http://host:8080`): go through its HTTP
+    /// API / WebSocket instead of the provider.
+    #[arg(long, env = "ZERO_PUBSUB_SERVER")]
+    server: Option<String>,
+    /// The API key for `--server`.
+    #[arg(long, env = "ZERO_PUBSUB_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
 /// `tail`.
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
     #[command(flatten)]
     provider: ProviderArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Rooms or `scope:*` patterns (repeat the flag).
     #[arg(long = "room", required = true)]
     rooms: Vec<String>,
@@ -153,6 +169,27 @@ pub(crate) async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let room = room(&args.room)?;
     let payload: serde_json::Value =
         serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    if let Some(server) = &args.remote.server {
+        let key = args
+            .remote
+            .api_key
+            .as_deref()
+            .context("--server needs --api-key")?;
+        let publisher = zps_client::http::Publisher::new(server, key)?;
+        let mut event = zps_client::OutgoingEvent::new(room.as_str(), &args.event_type, &payload)?;
+        if let Some(id) = args.id {
+            event = event.with_id(id);
+        }
+        if let Some(ms) = args.ttl_ms {
+            event = event.with_ttl(Duration::from_millis(ms));
+        }
+        let p = publisher.publish(event).await?;
+        println!(
+            "{}",
+            serde_json::json!({"id": p.id, "room": p.room, "sequence": p.sequence, "duplicate": p.duplicate})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let engine = shared_engine(args.provider).await?;
     let mut req = PublishRequest::new(room, args.event_type, &payload)?;
     if let Some(id) = args.id {
@@ -176,6 +213,16 @@ pub(crate) async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|r| RoomPattern::parse(r).map_err(|e| anyhow::anyhow!("--room {r}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(server) = args.remote.server.clone() {
+        return crate::remote::tail(
+            &server,
+            args.remote.api_key.as_deref(),
+            &args.rooms,
+            args.from,
+            args.types,
+        )
+        .await;
+    }
     let engine = shared_engine(args.provider).await?;
     let mut opts = SubscribeOptions::rooms(patterns);
     match args.from {

@@ -389,7 +389,9 @@ pub(crate) fn api_key(c: ApiKeyCommand) -> anyhow::Result<ExitCode> {
             ApiKey::from_spec(&spec)?;
             let file = zps_gateway::api::keys::KeyFile { keys: vec![spec] };
             println!("{key}");
-            eprintln!("\nThe key is shown once. Give the gateway this entry (--api-keys-file):\n");
+            // Comments, so that standard error as a whole is a valid key file.
+            eprintln!("# The key is shown once (standard output). Give the gateway this entry");
+            eprintln!("# in an --api-keys-file; it holds only the key's hash.");
             eprint!(
                 "{}",
                 toml::to_string(&file).context("cannot render the key entry")?
@@ -404,4 +406,78 @@ pub(crate) fn api_key(c: ApiKeyCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tail --server`: a WebSocket client of the gateway (exactly once, in order,
+/// gaps repaired), with a token minted by the API key when the gateway checks
+/// tokens.
+pub(crate) async fn tail(
+    server: &str,
+    api_key: Option<&str>,
+    rooms: &[String],
+    from: Option<u64>,
+    types: Option<Vec<String>>,
+) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt;
+    use zps_client::{Client, ClientEvent, ClientOptions, StartAt, SubscribeOptions, Targets};
+    let subscriber = format!("cli-tail-{}", std::process::id());
+    let mut options = ClientOptions::default().with_subscriber_id(&subscriber);
+    if let Some(key) = api_key {
+        let admin = Admin::new(server, key)?;
+        let patterns: Vec<&str> = rooms.iter().map(String::as_str).collect();
+        match admin.mint_token(&subscriber, &patterns, Some(24 * 3600)).await {
+            Ok(t) => options = options.with_token(t.token),
+            // A gateway that verifies no tokens lets the socket in without one.
+            Err(e) if e.error_code() == Some(zps_client::ErrorCode::Unsupported) => {}
+            Err(e) => return Err(e).context("cannot mint a token for the WebSocket"),
+        }
+    }
+    let ws = ws_url(server)?;
+    let client = Client::connect(ws, options)?;
+    let mut opts = SubscribeOptions::new();
+    if let Some(from) = from {
+        for r in rooms {
+            opts = opts.position(
+                r.clone(),
+                StartAt::After {
+                    sequence: from,
+                    epoch: None,
+                },
+            );
+        }
+    }
+    if let Some(types) = types {
+        opts = opts.event_types(types);
+    }
+    let mut sub = client
+        .subscribe_with_options(Targets::from(rooms.to_vec()), opts)
+        .await?;
+    loop {
+        tokio::select! {
+            item = sub.next() => match item {
+                Some(ClientEvent::Event(e)) => println!("{}", e.to_json()),
+                Some(ClientEvent::Discontinuity { room, reason, earliest_sequence, .. }) => eprintln!(
+                    "discontinuity in {room}: {} (continuing at {earliest_sequence})", reason.as_str()
+                ),
+                Some(ClientEvent::Refused { room, error }) => bail!("{room}: {error}"),
+                Some(_) => {}
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `http(s)://host/…` → `ws(s)://host/ws`.
+fn ws_url(server: &str) -> anyhow::Result<String> {
+    let base = server.trim_end_matches('/');
+    if let Some(rest) = base.strip_prefix("http://") {
+        Ok(format!("ws://{rest}/ws"))
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        Ok(format!("wss://{rest}/ws"))
+    } else {
+        bail!("--server must be an http:// or https:// URL: {server}")
+    }
 }

@@ -252,6 +252,14 @@ pub(crate) struct GatewayArgs {
     /// Largest HTTP API request body [default: 1048576].
     #[arg(long, env = "ZERO_PUBSUB_API_MAX_BODY_BYTES", help_heading = "HTTP API")]
     pub(crate) api_max_body_bytes: Option<usize>,
+    /// How often each gateway reports its room counts to the cluster [default: 5000].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_CLUSTER_REPORT_INTERVAL_MS",
+        value_name = "MS",
+        help_heading = "HTTP API"
+    )]
+    pub(crate) cluster_report_interval_ms: Option<u64>,
     /// Serve the HTTP API under /api/v1 [default: true].
     #[arg(long, env = "ZERO_PUBSUB_HTTP_API", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "HTTP API")]
     pub(crate) http_api: Option<bool>,
@@ -296,6 +304,7 @@ pub(crate) struct FileSettings {
     api_keys_file: Option<PathBuf>,
     api_rate_per_second: Option<u32>,
     api_max_body_bytes: Option<usize>,
+    cluster_report_interval_ms: Option<u64>,
     http_api: Option<bool>,
 }
 
@@ -402,6 +411,7 @@ fn api_config(
         keys: ApiKeys::new(keys),
         max_body_bytes: max_body.unwrap_or(defaults.max_body_bytes),
         rate_per_second: rate.unwrap_or(defaults.rate_per_second),
+        ..defaults
     })
 }
 
@@ -476,7 +486,8 @@ impl Settings {
                 pick!(api_rate_per_second),
                 pick!(api_max_body_bytes),
                 pick!(http_api),
-            )?,
+            )?
+            .with_report_interval(pick!(cluster_report_interval_ms)),
         };
         settings.validate()?;
         Ok(settings)

@@ -120,8 +120,12 @@ impl Gateway {
             None => None,
         };
         let shared = Arc::new(Shared::new(engine, config, verifier, prometheus_handle()));
-        let every =
-            (shared.engine.config().presence_ttl / 3).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        // A report outlives its presence entry's TTL only if it is refreshed in time.
+        let every = shared
+            .config
+            .api
+            .cluster_report_interval
+            .clamp(Duration::from_millis(50), shared.engine.config().presence_ttl / 2);
         cluster::start(&shared, every);
         Ok(Self { shared })
     }

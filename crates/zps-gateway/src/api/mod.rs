@@ -48,6 +48,9 @@ pub struct ApiConfig {
     /// Requests per second per caller (key, token subject or anonymous), a
     /// burst of as many; a key may set its own.
     pub rate_per_second: u32,
+    /// How often this node reports its room counts to the cluster: how stale
+    /// other nodes' counts in `GET /rooms` can be (kept under half the presence TTL).
+    pub cluster_report_interval: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -57,7 +60,18 @@ impl Default for ApiConfig {
             keys: keys::ApiKeys::default(),
             max_body_bytes: 1024 * 1024,
             rate_per_second: 1_000,
+            cluster_report_interval: std::time::Duration::from_secs(5),
         }
+    }
+}
+
+impl ApiConfig {
+    /// Sets the cluster report interval from milliseconds, when given.
+    pub fn with_report_interval(mut self, ms: Option<u64>) -> Self {
+        if let Some(ms) = ms {
+            self.cluster_report_interval = std::time::Duration::from_millis(ms);
+        }
+        self
     }
 }
 
