@@ -126,8 +126,62 @@ fn test(args: &[String]) -> Result<()> {
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
     }
     drop(mongo);
+    js_client_tests()?;
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The TypeScript client's tests (clients/js): against the gateway binary
+/// built from this tree, and in Debian's Chromium (installed with apt when
+/// missing; no browser is ever downloaded by npm). Then checks that the demo
+/// page compiled into the gateway matches its sources.
+fn js_client_tests() -> Result<()> {
+    let js = root().join("clients/js");
+    if !js.join("package.json").exists() {
+        return Ok(());
+    }
+    if !has("node") || !has("npm") {
+        bail!("node and npm are needed for the JS client's tests (Debian: apt-get install nodejs npm)");
+    }
+    if !Path::new("/usr/bin/chromium").exists() {
+        eprintln!("xtask: installing Debian's chromium for the browser tests");
+        let sudo = if has("sudo") && !is_root() { "sudo " } else { "" };
+        run(Command::new("sh").args([
+            "-c",
+            &format!("{sudo}apt-get update -qq && DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq chromium"),
+        ]))
+        .context("cannot install chromium with apt-get")?;
+    }
+    if !js.join("node_modules").exists() {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&js))?;
+    }
+    run(cargo().args(["build", "-p", "zps-cli", "--bin", "zero-pub-sub"]))?;
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), PathBuf::from);
+    let bin = target.join("debug/zero-pub-sub");
+    run(Command::new("npm")
+        .arg("test")
+        .current_dir(&js)
+        .env("ZPS_GATEWAY_BIN", &bin)
+        .env("CHROMIUM_PATH", "/usr/bin/chromium"))?;
+    for file in ["index.html", "demo.js"] {
+        let built = std::fs::read(js.join("dist-demo").join(file))?;
+        let embedded = std::fs::read(root().join("crates/zps-gateway/assets/demo").join(file))?;
+        if built != embedded {
+            bail!(
+                "crates/zps-gateway/assets/demo/{file} is stale: run `npm run embed:demo` in clients/js and commit it"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// `openapi-spec-validator` (PyPI) in a venv of its own: the HTTP API's test

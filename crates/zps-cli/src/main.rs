@@ -131,6 +131,9 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     );
     // A stable line for humans and scripts.
     println!("zero-pub-sub gateway listening on ws://{local}/ws (SSE: http://{local}/events)");
+    if settings.demo {
+        println!("demo chat: http://{local}/demo/");
+    }
 
     let serving = {
         let gateway = gateway.clone();
@@ -166,6 +169,7 @@ fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
         },
         allowed_origins: s.allowed_origins.clone(),
         api: s.api.clone(),
+        demo: s.demo,
         ..Default::default()
     };
     config.drain_timeout = Some(s.drain_timeout);

@@ -338,7 +338,11 @@ pub(crate) async fn dlq(c: DlqCommand) -> anyhow::Result<ExitCode> {
 pub(crate) async fn kick(a: KickArgs) -> anyhow::Result<ExitCode> {
     let admin = a.server.admin()?;
     let closed = match (&a.connection, &a.subscriber) {
-        (Some(id), _) => admin.kick_connection(id, a.reason.as_deref()).await?,
+        (Some(id), _) => {
+            admin
+                .kick_connection(id, a.reason.as_deref(), a.ban_seconds)
+                .await?
+        }
         (None, Some(sub)) => {
             admin
                 .disconnect_subscriber(sub, a.reason.as_deref(), a.ban_seconds)

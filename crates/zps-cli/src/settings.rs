@@ -252,6 +252,9 @@ pub(crate) struct GatewayArgs {
     /// Largest HTTP API request body [default: 1048576].
     #[arg(long, env = "ZERO_PUBSUB_API_MAX_BODY_BYTES", help_heading = "HTTP API")]
     pub(crate) api_max_body_bytes: Option<usize>,
+    /// Serve the demo chat page at /demo/ (clients publish: add --allow-client-publish) [default: false].
+    #[arg(long, env = "ZERO_PUBSUB_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Server")]
+    pub(crate) demo: Option<bool>,
     /// How often each gateway reports its room counts to the cluster [default: 5000].
     #[arg(
         long,
@@ -306,6 +309,7 @@ pub(crate) struct FileSettings {
     api_max_body_bytes: Option<usize>,
     cluster_report_interval_ms: Option<u64>,
     http_api: Option<bool>,
+    demo: Option<bool>,
 }
 
 /// The resolved provider choice.
@@ -378,6 +382,8 @@ pub(crate) struct Settings {
     pub(crate) allowed_origins: Option<Vec<String>>,
     /// The HTTP API.
     pub(crate) api: zps_gateway::api::ApiConfig,
+    /// Serve the demo page.
+    pub(crate) demo: bool,
 }
 
 /// The HTTP API's settings: keys from flags (hashed at once) and from a key file.
@@ -488,6 +494,7 @@ impl Settings {
                 pick!(http_api),
             )?
             .with_report_interval(pick!(cluster_report_interval_ms)),
+            demo: pick!(demo).unwrap_or(false),
         };
         settings.validate()?;
         Ok(settings)

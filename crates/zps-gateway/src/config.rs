@@ -77,6 +77,8 @@ pub struct GatewayConfig {
     pub sse_retry: Option<Duration>,
     /// The HTTP API under `/api/v1`.
     pub api: crate::api::ApiConfig,
+    /// Serve the demo chat page at `/demo/` (built from `clients/js/demo`).
+    pub demo: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {

@@ -137,5 +137,6 @@ pub(crate) fn cors(gw: &Shared) -> tower_http::cors::CorsLayer {
             header::CONTENT_TYPE,
             HeaderName::from_static("last-event-id"),
         ])
+        .expose_headers([header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(600))
 }

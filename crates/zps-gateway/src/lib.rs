@@ -23,6 +23,7 @@ pub mod auth;
 mod cluster;
 mod config;
 mod conn;
+mod demo;
 mod frames;
 mod hot;
 mod http;
@@ -146,9 +147,18 @@ impl Gateway {
             .merge(api)
             .route("/events", get(sse::handler))
             .layer(http::cors(&self.shared));
+        let demo = if self.shared.config.demo {
+            Router::new()
+                .route("/demo", get(demo::to_index))
+                .route("/demo/", get(demo::index))
+                .route("/demo/demo.js", get(demo::script))
+        } else {
+            Router::new()
+        };
         Router::new()
             .merge(browser)
-            .route("/", get(ws::handler))
+            .merge(demo)
+            .route("/", get(demo::root))
             .route("/ws", get(ws::handler))
             .route("/health", get(http::health))
             .route("/live", get(http::live))

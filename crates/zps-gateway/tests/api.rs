@@ -866,3 +866,55 @@ async fn openapi_document_matches_the_routes_and_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A browser opening the gateway's address gets a map, not an upgrade error;
+/// the demo page is served only when enabled, and carries its own script.
+#[tokio::test]
+async fn root_answers_browsers_and_the_demo_is_opt_in() {
+    let off = TestGateway::start(GatewayConfig::default()).await;
+    let root = reqwest::get(off.http_url("/")).await.unwrap();
+    assert_eq!(root.status(), 200);
+    let text = root.text().await.unwrap();
+    assert!(
+        text.contains("/ws") && text.contains("/api/v1/openapi.json") && !text.contains("/demo/"),
+        "{text}"
+    );
+    assert_eq!(reqwest::get(off.http_url("/demo/")).await.unwrap().status(), 404);
+    // The root still upgrades WebSockets.
+    let mut ws = Client::connect(&format!("ws://{}/", off.addr)).await;
+    ws.send(json!({"type": "init", "subscriberId": "root"})).await;
+    ws.recv_type("ready").await;
+
+    let on = TestGateway::start(GatewayConfig {
+        demo: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        reqwest::get(on.http_url("/"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("/demo/")
+    );
+    let page = reqwest::get(on.http_url("/demo")).await.unwrap();
+    assert_eq!(page.url().path(), "/demo/", "redirected to the directory");
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("./demo.js"), "{html}");
+    let script = reqwest::get(on.http_url("/demo/demo.js")).await.unwrap();
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(script.text().await.unwrap().contains("/ws"));
+}

@@ -247,11 +247,21 @@ impl Admin {
         self.api.json(Method::POST, &path, Some(&body), Retry::Safe).await
     }
 
-    /// Closes one connection (its id from `ready`).
-    pub async fn kick_connection(&self, connection: &str, reason: Option<&str>) -> Result<Closed> {
-        let q = query(&[("reason", reason.map(str::to_owned))]);
+    /// Closes one connection (its id from `ready`), optionally refusing its
+    /// subscriber's reconnections for `ban_seconds`. Not retried: a retry
+    /// after a lost answer would find the connection gone (404).
+    pub async fn kick_connection(
+        &self,
+        connection: &str,
+        reason: Option<&str>,
+        ban_seconds: Option<u64>,
+    ) -> Result<Closed> {
+        let q = query(&[
+            ("reason", reason.map(str::to_owned)),
+            ("banSeconds", ban_seconds.map(|s| s.to_string())),
+        ]);
         let path = format!("/connections/{}{q}", segment(connection));
-        self.api.json(Method::DELETE, &path, None, Retry::Safe).await
+        self.api.json(Method::DELETE, &path, None, Retry::Never).await
     }
 
     /// A page of a room's dead letters after entry `after`.

@@ -20,6 +20,7 @@ use crate::shared::Shared;
 
 /// A subscriber's position in a room.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct CursorIo {
     /// The highest processed sequence (cursors never move back).
     sequence: u64,

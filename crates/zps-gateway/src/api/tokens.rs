@@ -9,7 +9,6 @@ use axum::extract::State;
 use jsonwebtoken::{EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use zps_core::RoomPattern;
 use zps_protocol::ErrorCode;
 
 use super::caller::Caller;
@@ -83,11 +82,8 @@ pub(crate) async fn mint(
         ));
     }
     for raw in &t.rooms {
-        let pattern =
-            RoomPattern::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidRoom, e.to_string()))?;
-        if pattern.scope() == crate::cluster::RESERVED_SCOPE {
-            return Err(ApiError::new(ErrorCode::InvalidRoom, "reserved scope"));
-        }
+        // The socket's checks: reserved scope, the `--scopes` allow-list.
+        let pattern = crate::session::parse_target(&gw, raw)?;
         if !key.covers(&pattern) {
             return Err(ApiError::new(
                 ErrorCode::AccessDenied,

@@ -1,0 +1,175 @@
+/**
+ * Presence: enter/leave a room, read its members, watch changes. Entering and
+ * watching are restored after every reconnect; the member list is kept up to
+ * date from `presence_state` and `presence` messages.
+ */
+import { TimeoutError } from './errors.js';
+import type { ClientMessage } from './protocol.js';
+import type { PresenceEvent, PresenceMember } from './types.js';
+
+/** A presence change callback: the current members, and what changed. */
+export type PresenceListener = (members: PresenceMember[], change: PresenceEvent) => void;
+
+/** Presence of one room, from `client.presence(room)`. */
+export interface Presence {
+  /** Enters the room (metadata: display name, avatar…); resolves with the members. */
+  enter(metadata?: Record<string, unknown>): Promise<PresenceMember[]>;
+  /** Leaves the room. */
+  leave(): Promise<void>;
+  /** The current members (from the server, or the watched list). */
+  members(): Promise<PresenceMember[]>;
+  /** Calls `cb` with the member list now and on every change; returns a function that stops it. */
+  onChange(cb: PresenceListener): () => void;
+}
+
+/** What presence needs from the client. */
+export interface PresenceIo {
+  send(msg: ClientMessage): void;
+  online(): boolean;
+  requestTimeoutMs: number;
+}
+
+interface RoomState {
+  members: Map<string, PresenceMember>;
+  entered: { metadata: Record<string, unknown> | undefined } | undefined;
+  watchers: Set<PresenceListener>;
+  waiters: { resolve: (m: PresenceMember[]) => void; reject: (e: Error) => void }[];
+  synced: boolean;
+}
+
+/** Presence state of every room the client entered or watches. */
+export class PresenceSet {
+  private rooms = new Map<string, RoomState>();
+
+  constructor(private readonly io: PresenceIo) {}
+
+  private state(room: string): RoomState {
+    let s = this.rooms.get(room);
+    if (!s) {
+      s = { members: new Map(), entered: undefined, watchers: new Set(), waiters: [], synced: false };
+      this.rooms.set(room, s);
+    }
+    return s;
+  }
+
+  private send(msg: ClientMessage): void {
+    if (this.io.online()) this.io.send(msg);
+  }
+
+  private enterMsg(room: string, s: RoomState): ClientMessage {
+    const msg: ClientMessage = { type: 'presence_enter', room };
+    if (s.entered?.metadata) msg.metadata = s.entered.metadata;
+    return msg;
+  }
+
+  /** Waits for the next `presence_state` of `room`. */
+  private wait(s: RoomState): Promise<PresenceMember[]> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const i = s.waiters.indexOf(w);
+        if (i >= 0) s.waiters.splice(i, 1), reject(new TimeoutError('presence'));
+      }, this.io.requestTimeoutMs);
+      const w = {
+        resolve: (m: PresenceMember[]) => (clearTimeout(timer), resolve(m)),
+        reject: (e: Error) => (clearTimeout(timer), reject(e)),
+      };
+      s.waiters.push(w);
+    });
+  }
+
+  private forget(room: string, s: RoomState): void {
+    if (!s.entered && !s.watchers.size && !s.waiters.length) this.rooms.delete(room);
+  }
+
+  /** The handle of `room`. */
+  handle(room: string): Presence {
+    return {
+      enter: (metadata) => {
+        const s = this.state(room);
+        s.entered = { metadata };
+        const p = this.wait(s);
+        this.send(this.enterMsg(room, s));
+        return p;
+      },
+      leave: async () => {
+        const s = this.state(room);
+        if (!s.entered) return;
+        s.entered = undefined;
+        this.send({ type: 'presence_leave', room });
+        if (!s.watchers.size) {
+          s.synced = false;
+          this.forget(room, s);
+        }
+      },
+      members: async () => {
+        const s = this.state(room);
+        if (s.synced) return [...s.members.values()];
+        const p = this.wait(s);
+        this.send(s.entered ? this.enterMsg(room, s) : { type: 'presence_subscribe', room });
+        try {
+          return await p;
+        } finally {
+          if (!s.entered && !s.watchers.size) {
+            s.synced = false;
+            this.send({ type: 'presence_unsubscribe', room });
+            this.forget(room, s);
+          }
+        }
+      },
+      onChange: (cb) => {
+        const s = this.state(room);
+        s.watchers.add(cb);
+        if (s.synced) cb([...s.members.values()], { kind: 'members', room, members: [...s.members.values()] });
+        else if (!s.entered && s.watchers.size === 1) this.send({ type: 'presence_subscribe', room });
+        return () => {
+          if (!s.watchers.delete(cb) || s.watchers.size || s.entered) return;
+          s.synced = false;
+          this.send({ type: 'presence_unsubscribe', room });
+          this.forget(room, s);
+        };
+      },
+    };
+  }
+
+  /** A connection became ready: re-enter and re-watch. */
+  onReady(): void {
+    for (const [room, s] of this.rooms) {
+      if (s.entered) this.io.send(this.enterMsg(room, s));
+      else if (s.watchers.size || s.waiters.length) this.io.send({ type: 'presence_subscribe', room });
+    }
+  }
+
+  /** The connection dropped: the server forgot this connection's presence. */
+  onDisconnect(): void {
+    for (const s of this.rooms.values()) s.synced = false;
+  }
+
+  /** A `presence_state` answer: the full member list. */
+  onState(room: string, members: PresenceMember[] | undefined): void {
+    const s = this.rooms.get(room);
+    if (!s || !members) return;
+    s.members = new Map(members.map((m) => [m.userId, m]));
+    s.synced = true;
+    const list = [...s.members.values()];
+    for (const w of s.waiters.splice(0)) w.resolve(list);
+    for (const cb of s.watchers) cb(list, { kind: 'members', room, members: list });
+  }
+
+  /** A `presence` change. */
+  onChangeMessage(room: string, action: string, userId: string, member: PresenceMember | undefined): void {
+    const s = this.rooms.get(room);
+    if (!s) return;
+    const left = /removed|left|leave/.test(action);
+    if (left) s.members.delete(userId);
+    else s.members.set(userId, member ?? { userId });
+    const change: PresenceEvent = left ? { kind: 'left', room, userId } : { kind: 'joined', room, userId, member };
+    const list = [...s.members.values()];
+    for (const cb of s.watchers) cb(list, change);
+  }
+
+  /** Fails waiting calls (the client closed). */
+  close(err: Error): void {
+    for (const s of this.rooms.values()) for (const w of s.waiters.splice(0)) w.reject(err);
+    this.rooms.clear();
+  }
+}

@@ -1,0 +1,372 @@
+/**
+ * The SSE transport, for networks that block WebSockets. It speaks the same
+ * protocol messages as the WebSocket link, translated:
+ *
+ * - `subscribe` opens an `EventSource` on `/events` (one per epoch among the
+ *   rooms of the request, so each carries an exact `fromSequence` + `epoch`);
+ *   its `subscribed`, event, `discontinuity`, `error`, `ephemeral` and
+ *   `presence` records become the usual messages;
+ * - `replay_request` reads one page from `GET /api/v1/rooms/{room}/events`;
+ * - publish, ack, presence and ephemeral go over HTTP (`/api/v1/...`) with
+ *   `Authorization: Bearer <token>`; answers become `published`, `ack`,
+ *   `presence_state` or `error` (with the request's `requestId`).
+ *
+ * When any stream fails, the link closes and the client reconnects with its
+ * backoff and the current per-room positions. The browser's own
+ * `Last-Event-ID` retry is not used: it carries one room's position, the
+ * rebuilt URL carries every room's.
+ */
+import { ServerError } from './errors.js';
+import type { Link, LinkEvents } from './link.js';
+import type { ClientMessage, ReplayRequest, ServerMessage } from './protocol.js';
+import type { RealtimeEvent } from './types.js';
+
+/** The part of the WHATWG EventSource API the client uses. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  // Handler parameters are `never` so that the DOM's richer event types are accepted.
+  onopen: ((ev: never) => void) | null;
+  onmessage: ((ev: never) => void) | null;
+  onerror: ((ev: never) => void) | null;
+  addEventListener(type: string, listener: (ev: { data: string }) => void): void;
+  close(): void;
+}
+
+/** An EventSource constructor (`globalThis.EventSource`, or a polyfill). */
+export type EventSourceConstructor = new (url: string) => EventSourceLike;
+
+/** The part of `fetch` the client uses. */
+export type FetchLike = (
+  url: string,
+  init: { method: string; headers: Record<string, string>; body?: string; signal?: AbortSignal },
+) => Promise<{ status: number; ok: boolean; text(): Promise<string> }>;
+
+/** SSE link settings. */
+export interface SseConfig {
+  /** `http(s)://host[:port][/prefix]`: `/events` and `/api/v1` hang below it. */
+  baseUrl: string;
+  EventSource: EventSourceConstructor;
+  fetch: FetchLike;
+  requestTimeoutMs: number;
+}
+
+interface Stream {
+  es: EventSourceLike;
+  /** Rooms and patterns whose durable events this stream delivers. */
+  durable: Set<string>;
+  /** Rooms and patterns it carries for ephemeral events and presence only. */
+  carrier: Set<string>;
+  connectionId?: string;
+  waiters: ((id: string | undefined) => void)[];
+}
+
+const matches = (targets: Set<string>, room: string): boolean =>
+  targets.has(room) || targets.has(`${room.slice(0, room.indexOf(':'))}:*`);
+
+const parse = (data: string): Record<string, unknown> | undefined => {
+  try {
+    return JSON.parse(data) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+};
+
+/** Reads an HTTP error body: `{"error":{"code","message"}}`, or the flat `{"code","message"}` of `/events`. */
+async function httpError(res: { status: number; text(): Promise<string> }, room?: string, requestId?: string): Promise<ServerError> {
+  const body = parse(await res.text().catch(() => '')) ?? {};
+  const e = (body.error ?? body) as { code?: unknown; message?: unknown; room?: unknown };
+  const fallback = res.status === 401 ? '4401' : res.status === 403 ? '4403' : res.status === 404 ? '4501' : res.status >= 500 ? '4503' : '4400';
+  return new ServerError(
+    typeof e.code === 'string' ? e.code : fallback,
+    typeof e.message === 'string' ? e.message : `HTTP ${res.status}`,
+    typeof e.room === 'string' ? e.room : room,
+    requestId,
+  );
+}
+
+/** Opens an SSE link. */
+export function openSse(cfg: SseConfig, on: LinkEvents): Link {
+  let subscriberId = '';
+  let token: string | undefined;
+  let closed = false;
+  let acksRefused = false;
+  const streams: Stream[] = [];
+  let batch: { rooms: string[]; positions: Record<string, number>; epochs: Record<string, string> } | undefined;
+
+  const emit = (msg: ServerMessage) => {
+    if (!closed) on.message(msg);
+  };
+  const fail = (e: unknown, room?: string, requestId?: string) => {
+    const err = e instanceof ServerError ? e : new ServerError('4503', `HTTP request failed: ${String(e)}`);
+    const msg: ServerMessage = { type: 'error', code: err.code, message: err.message };
+    if (room ?? err.room) msg.room = room ?? err.room!;
+    if (requestId) msg.requestId = requestId;
+    emit(msg);
+  };
+  const lost = (code: number, reason: string) => {
+    if (closed) return;
+    shutdown();
+    on.close({ code, reason, opened: true });
+  };
+  const shutdown = () => {
+    closed = true;
+    for (const s of streams) s.es.close();
+    streams.length = 0;
+  };
+
+  const http = async (method: string, path: string, body: unknown, room?: string, requestId?: string): Promise<unknown> => {
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const init: Parameters<FetchLike>[1] = { method, headers };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    const res = await cfg.fetch(`${cfg.baseUrl}/api/v1${path}`, init);
+    if (!res.ok) throw await httpError(res, room, requestId);
+    const text = res.status === 204 ? '' : await res.text();
+    return text ? JSON.parse(text) : undefined;
+  };
+
+  const url = (rooms: string[], from?: number, epoch?: string, withSubscriber = true): string => {
+    const q = new URLSearchParams();
+    for (const r of rooms) q.append('room', r);
+    if (from !== undefined) q.set('fromSequence', String(from));
+    if (epoch !== undefined) q.set('epoch', epoch);
+    if (withSubscriber) q.set('subscriberId', subscriberId);
+    if (token) q.set('token', token);
+    return `${cfg.baseUrl}/events?${q}`;
+  };
+
+  /** The stream that delivers ephemeral events and presence of `room` (the oldest covering it). */
+  const owner = (room: string): Stream | undefined =>
+    streams.find((s) => matches(s.durable, room) || matches(s.carrier, room));
+
+  /** After a failed start, asks the same URL once more to learn why (EventSource hides HTTP statuses). */
+  const diagnose = async (href: string) => {
+    const ctl = new AbortController();
+    try {
+      const res = await cfg.fetch(href, { method: 'GET', headers: { accept: 'text/event-stream' }, signal: ctl.signal });
+      if (!res.ok) {
+        const err = await httpError(res);
+        if (res.status === 401) return lost(4401, err.message);
+        if (err.room) fail(err);
+      }
+    } catch {
+      // unreachable: the generic loss below covers it
+    } finally {
+      ctl.abort();
+    }
+    lost(1006, 'event stream failed');
+  };
+
+  const open = (durable: string[], carrier: string[], from?: number, epoch?: string) => {
+    const href = url([...durable, ...carrier], from, epoch);
+    const es = new cfg.EventSource(href);
+    const s: Stream = { es, durable: new Set(durable), carrier: new Set(carrier), waiters: [] };
+    let opened = false;
+    streams.push(s);
+    const record = (name: string, fn: (m: Record<string, unknown>) => void) =>
+      es.addEventListener(name, (ev) => {
+        const m = parse(ev.data);
+        if (m && !closed && streams.includes(s)) fn(m);
+      });
+    es.onopen = () => {
+      opened = true;
+    };
+    es.onmessage = (ev: { data: string }) => {
+      const data = parse(ev.data) as RealtimeEvent | undefined;
+      if (data && !closed && streams.includes(s) && matches(s.durable, data.room)) emit({ type: 'event', data });
+    };
+    record('subscribed', (m) => {
+      if (matches(s.durable, String(m.room))) emit(m as unknown as ServerMessage);
+    });
+    record('discontinuity', (m) => {
+      if (matches(s.durable, String(m.room))) emit(m as unknown as ServerMessage);
+    });
+    record('error', (m) => emit({ ...(m as object), type: 'error' } as ServerMessage));
+    record('ready', (m) => {
+      s.connectionId = typeof m.connectionId === 'string' ? m.connectionId : undefined;
+      for (const w of s.waiters.splice(0)) w(s.connectionId);
+    });
+    record('ephemeral', (m) => {
+      const data = (m.type === 'ephemeral' ? m.data : m) as { room: string };
+      if (data && owner(data.room) === s) emit({ type: 'ephemeral', data } as ServerMessage);
+    });
+    record('presence', (m) => {
+      if (owner(String(m.room)) === s) emit({ ...(m as object), type: 'presence' } as ServerMessage);
+    });
+    es.onerror = (ev: { data?: unknown }) => {
+      // A server `event: error` record is a message (handled above), not a failure of the stream.
+      if (typeof ev?.data === 'string' || closed || !streams.includes(s)) return;
+      es.close();
+      if (opened) lost(1006, 'event stream interrupted');
+      else void diagnose(href);
+    };
+  };
+
+  /** Stops delivering `rooms` from existing streams (a re-subscribe moves them to a new one). */
+  const release = (rooms: string[], ephemeral: boolean) => {
+    for (const s of [...streams]) {
+      for (const r of rooms) (ephemeral ? s.carrier : s.durable).delete(r);
+      if (s.durable.size + s.carrier.size === 0) {
+        s.es.close();
+        streams.splice(streams.indexOf(s), 1);
+      }
+    }
+  };
+
+  /** Opens the batched subscribes: one stream per epoch, from the lowest position in it. */
+  const flush = () => {
+    const b = batch;
+    batch = undefined;
+    if (!b || closed) return;
+    const groups = new Map<string, { rooms: string[]; from?: number; epoch?: string }>();
+    for (const room of b.rooms) {
+      const pos = b.positions[room];
+      const epoch = b.epochs[room];
+      const key = pos === undefined ? '' : `@${epoch ?? ''}`;
+      let g = groups.get(key);
+      if (!g) {
+        g = {rooms: []};
+        if (epoch !== undefined) g.epoch = epoch;
+        groups.set(key, g);
+      }
+      g.rooms.push(room);
+      if (pos !== undefined) g.from = Math.min(g.from ?? pos, pos);
+    }
+    for (const g of groups.values()) open(g.rooms, [], g.from, g.epoch);
+  };
+
+  /** A replay page from the HTTP API (`GET /rooms/{room}/events`), answered as a `replay` message. */
+  const replay = (r: ReplayRequest) => {
+    const q = new URLSearchParams({ fromSequence: String(r.fromSequence), limit: String(r.limit) });
+    if (r.toSequence !== undefined) q.set('toSequence', String(r.toSequence));
+    http('GET', `/rooms/${encodeURIComponent(r.room)}/events?${q}`, undefined, r.room, r.requestId).then(
+      (p) => {
+        const page = p as { events: RealtimeEvent[]; hasMore: boolean; scannedTo: number };
+        emit({ type: 'replay', room: r.room, events: page.events, hasMore: page.hasMore, scannedTo: page.scannedTo, requestId: r.requestId });
+      },
+      (e) => fail(e, r.room, r.requestId),
+    );
+  };
+
+  const send = (msg: ClientMessage): void => {
+    if (closed) return;
+    switch (msg.type) {
+      case 'init':
+        subscriberId = msg.subscriberId;
+        token = msg.token;
+        queueMicrotask(() => emit({ type: 'ready', subscriberId }));
+        return;
+      case 'subscribe': {
+        release(msg.rooms, false);
+        batch ??= { rooms: [], positions: {}, epochs: {} };
+        batch.rooms.push(...msg.rooms);
+        Object.assign(batch.positions, msg.positions);
+        Object.assign(batch.epochs, msg.epochs);
+        setTimeout(flush, 0);
+        return;
+      }
+      case 'unsubscribe':
+      case 'unsubscribe_ephemeral': {
+        const eph = msg.type === 'unsubscribe_ephemeral';
+        if (!eph && batch) batch.rooms = batch.rooms.filter((r) => !msg.rooms.includes(r));
+        release(msg.rooms, eph);
+        for (const room of msg.rooms) emit({ type: 'unsubscribed', room });
+        return;
+      }
+      case 'subscribe_ephemeral': {
+        const fresh = msg.rooms.filter((r) => !owner(r));
+        if (fresh.length) open([], fresh);
+        for (const s of streams) for (const r of msg.rooms) if (!fresh.includes(r)) s.carrier.add(r);
+        for (const room of msg.rooms) emit({ type: 'subscribed_ephemeral', room });
+        return;
+      }
+      case 'replay_request':
+        return replay(msg);
+      case 'publish': {
+        const { requestId, event } = msg;
+        const room = String(event.room);
+        http('POST', '/publish', event, room, requestId).then(
+          (p) => emit({ ...(p as object), type: 'published', requestId } as ServerMessage),
+          (e) => fail(e, room, requestId),
+        );
+        return;
+      }
+      case 'ack':
+        // The API moves a subscriber's cursor only for the token's own `sub`: anonymous or
+        // mismatched callers keep their position in the client (and its cursor store) only.
+        if (!token || acksRefused) return;
+        http(
+          'PUT',
+          `/subscribers/${encodeURIComponent(subscriberId)}/cursors/${encodeURIComponent(msg.room)}`,
+          { sequence: msg.sequence },
+          msg.room,
+        ).then(
+          (a) => emit({ type: 'ack', room: msg.room, sequence: (a as { sequence?: number } | undefined)?.sequence ?? msg.sequence }),
+          (e) => (e instanceof ServerError && e.code === '4403' ? (acksRefused = true) : fail(e, msg.room)),
+        );
+        return;
+      case 'publish_ephemeral':
+        http('POST', '/ephemeral', { room: msg.room, type: msg.eventType, payload: msg.payload }, msg.room, msg.requestId).catch((e) =>
+          fail(e, msg.room, msg.requestId),
+        );
+        return;
+      case 'presence_enter':
+      case 'presence_leave': {
+        const { room } = msg;
+        const enter = msg.type === 'presence_enter';
+        let s = owner(room);
+        if (!s) {
+          open([], [room]);
+          s = streams[streams.length - 1]!;
+        }
+        const stream = s;
+        new Promise<string | undefined>((resolve) => {
+          if (stream.connectionId) return resolve(stream.connectionId);
+          stream.waiters.push(resolve);
+          setTimeout(() => resolve(undefined), cfg.requestTimeoutMs);
+        })
+          .then((cid) => {
+            if (!cid) throw new ServerError('4501', 'the gateway did not announce a connection id (SSE `ready` record)', room);
+            const path = `/rooms/${encodeURIComponent(room)}/presence/${encodeURIComponent(cid)}`;
+            return enter ? http('PUT', path, { metadata: msg.type === 'presence_enter' ? (msg.metadata ?? {}) : {} }, room) : http('DELETE', path, undefined, room);
+          })
+          .then(
+            (p) => {
+              const members = (p as { members?: [] } | undefined)?.members;
+              emit(enter && members ? { type: 'presence_state', room, members } : { type: 'presence_state', room });
+            },
+            (e) => fail(e, room),
+          );
+        return;
+      }
+      case 'presence_subscribe': {
+        // Over SSE only an entered room streams changes: this answers the current members once.
+        const { room } = msg;
+        http('GET', `/rooms/${encodeURIComponent(room)}/presence`, undefined, room).then(
+          (p) => emit({ type: 'presence_state', room, members: (p as { members: [] }).members }),
+          (e) => fail(e, room),
+        );
+        return;
+      }
+      case 'presence_unsubscribe':
+        return emit({ type: 'unsubscribed', room: msg.room });
+      case 'refresh_token':
+        token = msg.token;
+        emit({ type: 'token_refreshed' });
+        return;
+      case 'ping':
+        return fail(new ServerError('4501', 'ping is not available over SSE'), undefined, msg.id);
+    }
+  };
+
+  queueMicrotask(() => {
+    if (!closed) on.open();
+  });
+  return {
+    kind: 'sse',
+    send,
+    close() {
+      shutdown();
+    },
+  };
+}
