@@ -145,12 +145,7 @@ fn js_client_tests() -> Result<()> {
     }
     if !Path::new("/usr/bin/chromium").exists() {
         eprintln!("xtask: installing Debian's chromium for the browser tests");
-        let sudo = if has("sudo") && !is_root() { "sudo " } else { "" };
-        run(Command::new("sh").args([
-            "-c",
-            &format!("{sudo}apt-get update -qq && DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq chromium"),
-        ]))
-        .context("cannot install chromium with apt-get")?;
+        apt_install(&["chromium"]).context("chromium is needed for the browser tests")?;
     }
     if !js.join("node_modules").exists() {
         run(Command::new("npm")
@@ -175,13 +170,6 @@ fn js_client_tests() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// `openapi-spec-validator` (PyPI) in a venv of its own: the HTTP API's test
