@@ -165,6 +165,10 @@ fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
             jwt,
             scopes: s.scopes.clone(),
             rooms_claim: Some(s.rooms_claim.clone()),
+            grants_claim: Some(s.grants_claim.clone()),
+            issuer: s.jwt_issuer.clone(),
+            audience: s.jwt_audience.clone(),
+            leeway: s.jwt_leeway,
             ..Default::default()
         },
         allowed_origins: s.allowed_origins.clone(),

@@ -219,6 +219,23 @@ pub(crate) struct GatewayArgs {
     /// Token claim listing the room patterns a connection may use [default: rooms].
     #[arg(long, env = "ZERO_PUBSUB_ROOMS_CLAIM", help_heading = "Auth")]
     pub(crate) rooms_claim: Option<String>,
+    /// Token claim with per-action grants (`{"subscribe": [...], "publish": [...], "presence": [...]}`) [default: zps].
+    #[arg(long, env = "ZERO_PUBSUB_GRANTS_CLAIM", help_heading = "Auth")]
+    pub(crate) grants_claim: Option<String>,
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long, env = "ZERO_PUBSUB_JWT_ISSUER", help_heading = "Auth")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// Tokens must name one of these audiences (`aud`), comma separated.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_JWT_AUDIENCE",
+        value_delimiter = ',',
+        help_heading = "Auth"
+    )]
+    pub(crate) jwt_audience: Option<Vec<String>>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds [default: 5].
+    #[arg(long, env = "ZERO_PUBSUB_JWT_LEEWAY_SECS", help_heading = "Auth")]
+    pub(crate) jwt_leeway_secs: Option<u64>,
     /// Browser origins allowed to connect, comma separated [default: any].
     #[arg(
         long,
@@ -302,6 +319,10 @@ pub(crate) struct FileSettings {
     jwt_public_key: Option<PathBuf>,
     scopes: Option<Vec<String>>,
     rooms_claim: Option<String>,
+    grants_claim: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<Vec<String>>,
+    jwt_leeway_secs: Option<u64>,
     allowed_origins: Option<Vec<String>>,
     api_keys: Option<Vec<String>>,
     api_keys_file: Option<PathBuf>,
@@ -378,6 +399,14 @@ pub(crate) struct Settings {
     pub(crate) scopes: Option<Vec<String>>,
     /// Rooms claim name.
     pub(crate) rooms_claim: String,
+    /// Grants claim name.
+    pub(crate) grants_claim: String,
+    /// Required issuer.
+    pub(crate) jwt_issuer: Option<String>,
+    /// Accepted audiences.
+    pub(crate) jwt_audience: Option<Vec<String>>,
+    /// Clock skew.
+    pub(crate) jwt_leeway: Option<Duration>,
     /// Origin allow-list.
     pub(crate) allowed_origins: Option<Vec<String>>,
     /// The HTTP API.
@@ -485,6 +514,10 @@ impl Settings {
             jwt_public_key: pick!(jwt_public_key),
             scopes: pick!(scopes).filter(|s| !s.is_empty()),
             rooms_claim: pick!(rooms_claim).unwrap_or_else(|| "rooms".to_owned()),
+            grants_claim: pick!(grants_claim).unwrap_or_else(|| "zps".to_owned()),
+            jwt_issuer: pick!(jwt_issuer),
+            jwt_audience: pick!(jwt_audience).filter(|a| !a.is_empty()),
+            jwt_leeway: pick!(jwt_leeway_secs).map(Duration::from_secs),
             allowed_origins: pick!(allowed_origins).filter(|o| !o.is_empty()),
             api: api_config(
                 pick!(api_keys).unwrap_or_default(),

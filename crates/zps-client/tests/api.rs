@@ -182,7 +182,7 @@ async fn token_provider_refreshes_before_expiry_without_reconnecting() {
     let gw = TestGateway::start(hs256_config()).await;
     let relay = Relay::start(gw.addr).await;
     let calls = Arc::new(AtomicUsize::new(0));
-    let options = fast_options("refresh").with_token_provider({
+    let options = fast_options("u1#refresh").with_token_provider({
         let calls = calls.clone();
         move || {
             let n = calls.fetch_add(1, Ordering::SeqCst);
@@ -212,7 +212,7 @@ async fn token_provider_refreshes_before_expiry_without_reconnecting() {
 async fn a_valid_token_connects() {
     let gw = TestGateway::start(hs256_config()).await;
     let token = hs256(json!({"sub": "u1", "exp": now_secs() + 3600}));
-    let client = Client::connect(gw.url(), fast_options("jwt").with_token(token)).unwrap();
+    let client = Client::connect(gw.url(), fast_options("u1#jwt").with_token(token)).unwrap();
     client.wait_connected().await.unwrap();
     let _sub = client.subscribe("chat:1").await.unwrap();
     client.close().await;

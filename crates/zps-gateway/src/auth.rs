@@ -22,16 +22,19 @@ pub enum AuthAction {
     Replay,
     /// Move a cursor.
     Ack,
+    /// Enter a room's presence.
+    Presence,
 }
 
 impl AuthAction {
-    /// Lowercase name (`subscribe`, `publish`, `replay`, `ack`).
+    /// Lowercase name (`subscribe`, `publish`, `replay`, `ack`, `presence`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Subscribe => "subscribe",
             Self::Publish => "publish",
             Self::Replay => "replay",
             Self::Ack => "ack",
+            Self::Presence => "presence",
         }
     }
 }
@@ -105,6 +108,13 @@ pub struct AuthConfig {
     /// without the claim in a token, any room of an allowed scope is allowed.
     /// Default `rooms`; `None` ignores every token's room list.
     pub rooms_claim: Option<String>,
+    /// A token claim with per-action grants (`{"subscribe": [...], "publish": [...],
+    /// "presence": [...], "history": [...]}`); default `zps`. See [`crate::access`].
+    pub grants_claim: Option<String>,
+    /// Tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// Tokens must carry one of these in `aud`.
+    pub audience: Option<Vec<String>>,
     /// Per-room callback, asked last.
     pub authorize: Option<Authorizer>,
 }
@@ -116,6 +126,9 @@ impl Default for AuthConfig {
             leeway: None,
             scopes: None,
             rooms_claim: Some("rooms".to_owned()),
+            grants_claim: Some("zps".to_owned()),
+            issuer: None,
+            audience: None,
             authorize: None,
         }
     }
@@ -127,6 +140,9 @@ impl std::fmt::Debug for AuthConfig {
             .field("jwt", &self.jwt)
             .field("scopes", &self.scopes)
             .field("rooms_claim", &self.rooms_claim)
+            .field("grants_claim", &self.grants_claim)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .field("authorize", &self.authorize.as_ref().map(|_| "<fn>"))
             .finish()
     }
@@ -190,7 +206,21 @@ impl JwtVerifier {
         Ok(Self { key, validation })
     }
 
-    /// Verifies signature, algorithm, `exp` and `nbf`.
+    /// Also requires `iss` to be `issuer` and `aud` to hold one of `audience`.
+    pub fn with_claims(mut self, issuer: Option<&str>, audience: Option<&[String]>) -> Self {
+        if let Some(iss) = issuer {
+            self.validation.set_issuer(&[iss]);
+            self.validation.required_spec_claims.insert("iss".to_owned());
+        }
+        if let Some(aud) = audience {
+            self.validation.set_audience(aud);
+            self.validation.validate_aud = true;
+            self.validation.required_spec_claims.insert("aud".to_owned());
+        }
+        self
+    }
+
+    /// Verifies signature, algorithm, `exp` and `nbf` (and `iss`/`aud` when set).
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {

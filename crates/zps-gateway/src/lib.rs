@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod api;
 pub mod auth;
 mod cluster;
@@ -116,7 +117,8 @@ impl Gateway {
         let verifier = match &config.auth.jwt {
             Some(key) => Some(
                 auth::JwtVerifier::new(key, config.auth.leeway.unwrap_or(Duration::from_secs(5)))
-                    .map_err(|e| GatewayError::InvalidJwtKey(e.to_string()))?,
+                    .map_err(|e| GatewayError::InvalidJwtKey(e.to_string()))?
+                    .with_claims(config.auth.issuer.as_deref(), config.auth.audience.as_deref()),
             ),
             None => None,
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zps_core::{EphemeralRequest, ListenerGuard, Metadata, Room, RoomError, RoomPattern, check_continuity};
 use zps_protocol::{ErrorCode, ServerMessage, Subscribed};
 
-use crate::auth::{AuthAction, AuthorizeRequest, Identity, claim_allows};
+use crate::auth::{AuthAction, Identity};
 use crate::conn::{CatchUp, ConnShared, Mode, RoomSub, types_ok};
 use crate::frames::control;
 use crate::hub::HubKind;
@@ -115,46 +115,6 @@ pub(crate) fn parse_target(gw: &Shared, raw: &str) -> Result<RoomPattern, Refusa
     Ok(target)
 }
 
-/// Whether `identity` may do `action` on `target`: the rooms claim, then the
-/// authorize hook (4408). The same rules for sockets, SSE and the HTTP API.
-pub(crate) async fn authorize(
-    gw: &Shared,
-    identity: &Identity,
-    subscriber_id: Option<&str>,
-    target: &RoomPattern,
-    action: AuthAction,
-) -> Result<(), Refusal> {
-    let denied = || {
-        metrics::counter!("zps_gateway_access_denied_total", "action" => action.as_str()).increment(1);
-        let room = target.to_string();
-        Refusal::new(ErrorCode::AccessDenied, format!("Access denied for room: {room}")).in_room(&room)
-    };
-    let auth = &gw.config.auth;
-    if let Some(claim) = &auth.rooms_claim
-        && let Some(list) = identity.claims.get(claim)
-    {
-        let patterns: Vec<String> = list
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        if !claim_allows(&patterns, target) {
-            return Err(denied());
-        }
-    }
-    if let Some(hook) = &auth.authorize {
-        let request = AuthorizeRequest {
-            subscriber_id: subscriber_id.unwrap_or_default().to_owned(),
-            claims: identity.claims.clone(),
-            room: target.to_string(),
-            action,
-        };
-        if !hook(request).await {
-            return Err(denied());
-        }
-    }
-    Ok(())
-}
-
 /// A `presence_state` message as the HTTP API answers it (without `type`).
 fn state_json(msg: &ServerMessage) -> serde_json::Value {
     let mut v = serde_json::to_value(msg).unwrap_or_default();
@@ -171,6 +131,8 @@ pub(crate) struct Session {
     pub(crate) subscriber_id: Option<String>,
     pub(crate) identity: Identity,
     pub(crate) entered: HashSet<Room>,
+    /// Rooms opened by room tokens.
+    pub(crate) room_grants: crate::access::RoomGrants,
     guards: HashMap<RoomPattern, ListenerGuard>,
 }
 
@@ -182,6 +144,7 @@ impl Session {
             subscriber_id: None,
             identity: Identity::default(),
             entered: HashSet::new(),
+            room_grants: crate::access::RoomGrants::new(),
             guards: HashMap::new(),
         }
     }
@@ -210,10 +173,11 @@ impl Session {
 
     /// The rooms claim and the authorize hook (4408).
     pub(crate) async fn authorize(&self, target: &RoomPattern, action: AuthAction) -> Result<(), Refusal> {
-        authorize(
+        crate::access::authorize(
             &self.gw,
             &self.identity,
             self.subscriber_id.as_deref(),
+            Some(&self.room_grants),
             target,
             action,
         )

@@ -38,6 +38,8 @@ struct Params {
     event_types: Option<Vec<String>>,
     token: Option<String>,
     subscriber_id: Option<String>,
+    /// Room tokens, each opening the room it names.
+    room_tokens: Vec<String>,
 }
 
 fn parse_params(query: &str) -> Result<Params, Refusal> {
@@ -67,6 +69,7 @@ fn parse_params(query: &str) -> Result<Params, Refusal> {
             }
             "token" => p.token = Some(v.into_owned()),
             "subscriberId" => p.subscriber_id = Some(v.into_owned()),
+            "roomToken" => p.room_tokens.push(v.into_owned()),
             _ => {}
         }
     }
@@ -118,7 +121,10 @@ pub(crate) async fn handler(
                 let r = Refusal::new(ErrorCode::Unauthorized, TokenError::Missing.to_string());
                 return http_error(StatusCode::UNAUTHORIZED, &r);
             }
-            Some(t) => match v.verify(t) {
+            Some(t) => match v
+                .verify(t)
+                .and_then(|i| crate::access::check_connection_token(&i).map(|()| i))
+            {
                 Ok(id) => id,
                 Err(e) => {
                     return http_error(
@@ -146,10 +152,33 @@ pub(crate) async fn handler(
     let id = gw.next_conn_id();
     let key: Arc<str> = Arc::from(format!("{}-{id}", gw.node_id));
     let conn = ConnShared::new(id, key, ConnKind::Sse, gw.config.limits.max_socket_buffered_bytes);
+    // With token verification the subscriber id is the token's `sub` (or a device of it).
+    let subscriber_id = match &gw.verifier {
+        None => params.subscriber_id.clone(),
+        Some(_) => match crate::access::bind_subscriber(&gw, &identity, params.subscriber_id.as_deref()) {
+            Ok(id) => Some(id),
+            Err(r) => {
+                let status = if r.code == ErrorCode::Unauthorized {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return http_error(status, &r);
+            }
+        },
+    };
     let mut session = Session::new(gw.clone(), conn.clone());
+    for token in &params.room_tokens {
+        match crate::access::verify_room_token(&gw, &identity, None, token) {
+            Ok((room, grant)) => {
+                session.room_grants.insert(room, grant);
+            }
+            Err(r) => return http_error(StatusCode::FORBIDDEN, &r),
+        }
+    }
     session.identity = identity;
-    session.subscriber_id = params.subscriber_id.clone();
-    if let Some(sub) = &params.subscriber_id
+    session.subscriber_id = subscriber_id.clone();
+    if let Some(sub) = &subscriber_id
         && gw.banned(sub)
     {
         let r = Refusal::new(
@@ -160,7 +189,7 @@ pub(crate) async fn handler(
     }
     session.conn.set_owner(crate::conn::Owner {
         subject: session.identity.subject.clone(),
-        subscriber: params.subscriber_id.clone(),
+        subscriber: subscriber_id.clone(),
     });
 
     if params.rooms.len() > gw.config.limits.max_subscriptions {

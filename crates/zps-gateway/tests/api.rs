@@ -824,6 +824,7 @@ async fn openapi_document_matches_the_routes_and_validates() {
         "DELETE /api/v1/rooms/{room}/dlq/{entry}",
         "POST /api/v1/prune",
         "POST /api/v1/tokens",
+        "POST /api/v1/room-tokens",
     ];
     expected.sort_unstable();
     assert_eq!(documented, expected);

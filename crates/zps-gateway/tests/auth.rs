@@ -32,7 +32,7 @@ async fn hs256_tokens_are_verified() {
     let gw = TestGateway::start(hs256_config()).await;
     let token = hs256(claims("u1", 3600));
     let mut c = gw.client().await;
-    c.send(json!({"type": "init", "subscriberId": "d", "token": token}))
+    c.send(json!({"type": "init", "subscriberId": "u1#d", "token": token}))
         .await;
     let ready = c.recv_type("ready").await;
     assert!(ready["tokenExpiresAt"].as_u64().unwrap() > now_secs());
@@ -54,7 +54,7 @@ async fn hs256_tokens_are_verified() {
     init_fails(&gw, Some(not_yet), "invalid token").await;
     init_fails(&gw, Some("not.a.jwt".into()), "invalid token").await;
     // The gateway still serves after every refusal.
-    gw.ready_with_token("d", &hs256(claims("u1", 3600))).await;
+    gw.ready_with_token("u1#d", &hs256(claims("u1", 3600))).await;
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn rs256_and_es256_public_keys() {
         include_bytes!("fixtures/rsa_public.pem").to_vec(),
     ));
     let gw = TestGateway::start(config).await;
-    gw.ready_with_token("d", &rs256(claims("u1", 60))).await;
+    gw.ready_with_token("u1#d", &rs256(claims("u1", 60))).await;
     // Algorithm confusion: an HS256 token must not pass an RS256 gateway.
     init_fails(&gw, Some(hs256(claims("u1", 60))), "invalid token").await;
     init_fails(&gw, Some(es256(claims("u1", 60))), "invalid token").await;
@@ -74,7 +74,7 @@ async fn rs256_and_es256_public_keys() {
         include_bytes!("fixtures/ec_public.pem").to_vec(),
     ));
     let gw = TestGateway::start(config).await;
-    gw.ready_with_token("d", &es256(claims("u1", 60))).await;
+    gw.ready_with_token("u1#d", &es256(claims("u1", 60))).await;
     init_fails(&gw, Some(rs256(claims("u1", 60))), "invalid token").await;
 
     let mut bad = GatewayConfig::default();
@@ -91,7 +91,7 @@ async fn scopes_and_the_rooms_claim() {
 
     // A token with the claim: only those rooms.
     let token = hs256(json!({"sub": "u1", "exp": now_secs() + 60, "rooms": ["chat:123", "order:*"]}));
-    let mut c = gw.ready_with_token("d", &token).await;
+    let mut c = gw.ready_with_token("u1", &token).await;
     c.subscribe("chat:123").await;
     c.send(json!({"type": "subscribe", "room": "chat:999"})).await;
     let e = c.expect_error("4408").await;
@@ -116,7 +116,7 @@ async fn scopes_and_the_rooms_claim() {
     c.expect_error("4408").await;
 
     // Without the claim: any room of an allowed scope.
-    let mut open = gw.ready_with_token("d2", &hs256(claims("u2", 60))).await;
+    let mut open = gw.ready_with_token("u2#d2", &hs256(claims("u2", 60))).await;
     open.subscribe("chat:999").await;
     open.send(json!({"type": "subscribe", "room": "admin:1"})).await;
     open.expect_error("4422").await;
@@ -136,12 +136,12 @@ async fn the_authorize_hook_sees_action_room_and_claims() {
         match req.action {
             AuthAction::Publish => req.room != "chat:locked",
             AuthAction::Subscribe => req.room != "chat:*" || user == "admin",
-            AuthAction::Replay => req.subscriber_id == "allowed-replayer",
-            AuthAction::Ack => true,
+            AuthAction::Replay => req.subscriber_id == "user#allowed-replayer",
+            AuthAction::Ack | AuthAction::Presence => true,
         }
     }));
     let gw = TestGateway::start(config).await;
-    let mut c = gw.ready_with_token("d", &hs256(claims("user", 60))).await;
+    let mut c = gw.ready_with_token("user#d", &hs256(claims("user", 60))).await;
     c.send(json!({"type": "publish", "requestId": "p", "event": {"type": "t", "room": "chat:locked", "payload": {}}}))
         .await;
     let e = c.expect_error("4408").await;
@@ -152,13 +152,13 @@ async fn the_authorize_hook_sees_action_room_and_claims() {
     // Wildcards are authorized against the wildcard string.
     c.send(json!({"type": "subscribe", "room": "chat:*"})).await;
     c.expect_error("4408").await;
-    let mut admin = gw.ready_with_token("d", &hs256(claims("admin", 60))).await;
+    let mut admin = gw.ready_with_token("admin#d", &hs256(claims("admin", 60))).await;
     admin.subscribe("chat:*").await;
     c.send(json!({"type": "replay_request", "room": "chat:open", "fromSequence": 0}))
         .await;
     c.expect_error("4408").await;
     let mut r = gw
-        .ready_with_token("allowed-replayer", &hs256(claims("user", 60)))
+        .ready_with_token("user#allowed-replayer", &hs256(claims("user", 60)))
         .await;
     r.send(json!({"type": "replay_request", "room": "chat:open", "fromSequence": 0}))
         .await;
@@ -169,7 +169,7 @@ async fn the_authorize_hook_sees_action_room_and_claims() {
 async fn tokens_expire_while_connected_unless_refreshed() {
     let gw = TestGateway::start(hs256_config()).await;
     // Refreshed in time: the connection stays.
-    let mut c = gw.ready_with_token("d", &hs256(claims("u1", 3))).await;
+    let mut c = gw.ready_with_token("u1#d", &hs256(claims("u1", 3))).await;
     assert!(
         c.recv_type("token_expiring").await["expiresAt"]
             .as_u64()
@@ -187,7 +187,7 @@ async fn tokens_expire_while_connected_unless_refreshed() {
     c.recv_type("pong").await;
 
     // Not refreshed: closed with 4401 at expiry.
-    let mut late = gw.ready_with_token("d2", &hs256(claims("u2", 2))).await;
+    let mut late = gw.ready_with_token("u2#d2", &hs256(claims("u2", 2))).await;
     late.recv_type("token_expiring").await;
     let e = late.expect_error("4401").await;
     assert_eq!(e["message"], "token expired");

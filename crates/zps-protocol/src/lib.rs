@@ -102,6 +102,10 @@ pub struct Subscribe {
     /// Echoed in each `subscribed` and in errors about this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A room token (signed by the application's backend) opening this one
+    /// room, beyond what the connection's token grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_token: Option<String>,
 }
 
 /// `unsubscribe` / `unsubscribe_ephemeral`.

@@ -14,8 +14,9 @@ use zps_protocol::ErrorCode;
 
 use super::error::ApiError;
 use super::keys::{ApiKey, Scope, looks_like_key};
+use crate::access::{authorize, check_connection_token};
 use crate::auth::{AuthAction, Identity, TokenError};
-use crate::session::{authorize, parse_target};
+use crate::session::parse_target;
 use crate::shared::Shared;
 
 /// The authenticated caller of one request.
@@ -94,7 +95,7 @@ impl Caller {
             Self::Key(_) => self.key_for(scope, Some(&target)).map(|_| ()),
             Self::Client(identity) => {
                 parse_target(gw, room.as_str())?;
-                authorize(gw, identity, identity.subject.as_deref(), &target, action).await?;
+                authorize(gw, identity, identity.subject.as_deref(), None, &target, action).await?;
                 Ok(())
             }
         }
@@ -130,7 +131,10 @@ impl FromRequestParts<Arc<Shared>> for Caller {
                 }
             },
             Some(token) => match &gw.verifier {
-                Some(v) => match v.verify(token) {
+                Some(v) => match v
+                    .verify(token)
+                    .and_then(|i| check_connection_token(&i).map(|()| i))
+                {
                     Ok(identity) => Self::Client(identity),
                     Err(e) => {
                         metrics::counter!("zps_api_auth_failures_total").increment(1);

@@ -26,13 +26,16 @@ pub(crate) struct CursorIo {
     sequence: u64,
 }
 
-/// A client may only touch its own cursor: its token's `sub`.
+/// A client may only touch its own cursors: its token's `sub` or `sub#device`.
 fn own_subscriber(caller: &Caller, id: &str) -> Result<(), ApiError> {
     if let Caller::Client(identity) = caller
-        && identity.subject.as_deref() != Some(id)
+        && !identity
+            .subject
+            .as_deref()
+            .is_some_and(|sub| crate::access::owns_subscriber(sub, id))
     {
         return Err(ApiError::forbidden(
-            "a client may only use its own subscriber id (the token's `sub`)",
+            "a client may only use its own subscriber ids (the token's `sub`, or `sub#device`)",
         ));
     }
     Ok(())

@@ -128,7 +128,8 @@ fn api() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
         .routes(routes!(manage::dlq_replay))
         .routes(routes!(manage::dlq_remove))
         .routes(routes!(manage::prune))
-        .routes(routes!(tokens::mint));
+        .routes(routes!(tokens::mint))
+        .routes(routes!(tokens::mint_room));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts()

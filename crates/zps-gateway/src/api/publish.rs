@@ -144,8 +144,8 @@ impl EventIn {
 /// Checks the caller may publish to `raw` and parses it.
 async fn publish_target(caller: &Caller, gw: &Arc<Shared>, raw: &str) -> Result<Room, ApiError> {
     let room = parse_room(gw, raw)?;
-    if let Caller::Client(_) = caller
-        && !gw.config.limits.allow_client_publish
+    if let Caller::Client(identity) = caller
+        && !crate::access::may_publish(gw, identity, None, &room, true)
     {
         return Err(ApiError::forbidden(
             "client publishing is disabled on this gateway",
@@ -342,8 +342,8 @@ pub(crate) async fn ephemeral(
     Body(e): Body<EphemeralIn>,
 ) -> Result<Response, ApiError> {
     let room = parse_room(&gw, &e.room)?;
-    if let Caller::Client(_) = caller
-        && !gw.config.limits.allow_client_ephemeral
+    if let Caller::Client(identity) = &caller
+        && !crate::access::may_publish(&gw, identity, None, &room, false)
     {
         return Err(ApiError::forbidden("client ephemeral publishing is disabled"));
     }

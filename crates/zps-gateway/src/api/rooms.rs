@@ -310,7 +310,7 @@ pub(crate) async fn presence_enter(
 ) -> Result<Response, ApiError> {
     let room = parse_room(&gw, &raw)?;
     caller
-        .allow(&gw, Scope::Admin, AuthAction::Subscribe, &room)
+        .allow(&gw, Scope::Admin, AuthAction::Presence, &room)
         .await?;
     let answer = connection_command(&gw, &caller, &connection, |reply| Command::PresenceEnter {
         room,

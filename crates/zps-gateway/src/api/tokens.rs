@@ -111,3 +111,73 @@ pub(crate) async fn mint(
     metrics::counter!("zps_api_tokens_minted_total").increment(1);
     Ok(Json(TokenOut { token, expires_at }))
 }
+
+/// What a room token opens.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct RoomTokenIn {
+    /// The one room it opens (never a pattern).
+    #[schema(example = "private:7")]
+    room: String,
+    /// Actions: `subscribe` (also acks and history), `history`, `publish`, `presence`.
+    actions: Vec<String>,
+    /// The only user who may use it (`sub`); absent = whoever holds it.
+    #[serde(default)]
+    subject: Option<String>,
+    /// Lifetime in seconds (default 300, at most 86400).
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Mints a room token: it opens one room for some actions, beyond what the
+/// client's connection token grants (`roomToken` on `subscribe`, or on an SSE
+/// URL). Needs a key with the `admin` scope covering the room.
+#[utoipa::path(
+    post,
+    path = "/room-tokens",
+    tag = "subscribers",
+    request_body = RoomTokenIn,
+    responses(
+        (status = 200, body = TokenOut), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 501, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn mint_room(
+    State(gw): State<Arc<Shared>>,
+    caller: Caller,
+    Body(t): Body<RoomTokenIn>,
+) -> Result<Json<TokenOut>, ApiError> {
+    let room = super::rooms::parse_room(&gw, &t.room)?;
+    caller.key_for(Scope::Admin, Some(&zps_core::RoomPattern::Exact(room.clone())))?;
+    let Some(JwtKey::Hs256(secret)) = &gw.config.auth.jwt else {
+        return Err(ApiError::new(
+            ErrorCode::Unsupported,
+            "this gateway mints no tokens: it needs an HS256 secret (--jwt-secret)",
+        ));
+    };
+    const ACTIONS: [&str; 4] = ["subscribe", "history", "publish", "presence"];
+    if t.actions.is_empty() || t.actions.iter().any(|a| !ACTIONS.contains(&a.as_str())) {
+        return Err(ApiError::new(
+            ErrorCode::Malformed,
+            "`actions` lists some of subscribe, history, publish, presence",
+        ));
+    }
+    let ttl = t.ttl_seconds.unwrap_or(300).clamp(1, MAX_TTL_SECONDS);
+    let now = unix_now();
+    let expires_at = now + ttl;
+    let mut claims = serde_json::Map::new();
+    if let Some(sub) = t.subject {
+        claims.insert("sub".into(), sub.into());
+    }
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), expires_at.into());
+    claims.insert(
+        crate::access::ROOM_TOKEN_CLAIM.into(),
+        serde_json::json!({"room": room.as_str(), "actions": t.actions}),
+    );
+    let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot sign the token: {e}")))?;
+    metrics::counter!("zps_api_tokens_minted_total").increment(1);
+    Ok(Json(TokenOut { token, expires_at }))
+}

@@ -94,7 +94,7 @@ impl Conn {
                 None | Some("") => Err(TokenError::Missing),
                 Some(token) => verifier.verify(token),
             };
-            match verified {
+            match verified.and_then(|i| crate::access::check_connection_token(&i).map(|()| i)) {
                 Ok(identity) => self.session.identity = identity,
                 Err(e) => {
                     metrics::counter!("zps_gateway_auth_failures_total").increment(1);
@@ -102,6 +102,16 @@ impl Conn {
                     return Ok(Next::Close(CloseCode::Unauthorized));
                 }
             }
+        }
+        // With token verification the subscriber id is the token's `sub` (or a device of it).
+        if let Err(r) = crate::access::bind_subscriber(
+            &self.session.gw,
+            &self.session.identity,
+            Some(&init.subscriber_id),
+        ) {
+            metrics::counter!("zps_gateway_auth_failures_total").increment(1);
+            self.reply(r.to_message()).await?;
+            return Ok(Next::Close(CloseCode::Unauthorized));
         }
         if self.session.gw.banned(&init.subscriber_id) {
             self.refuse(
@@ -135,6 +145,7 @@ impl Conn {
         };
         let identity = verifier
             .verify(token)
+            .and_then(|i| crate::access::check_connection_token(&i).map(|()| i))
             .map_err(|e| Refusal::new(ErrorCode::Unauthorized, e.to_string()))?;
         if identity.subject != self.session.identity.subject {
             return Err(Refusal::new(
@@ -153,6 +164,20 @@ impl Conn {
 
     async fn subscribe(&mut self, s: zps_protocol::Subscribe) -> Result<(), Failure> {
         let targets = targets(s.room, s.rooms)?;
+        if let Some(token) = &s.room_token {
+            // One token opens one room: it rides on a single-room subscribe.
+            let [raw] = targets.as_slice() else {
+                return Err(Refusal::new(ErrorCode::Malformed, "roomToken goes with one `room`").into());
+            };
+            let room = self.session.room(raw)?;
+            let (room, grant) = crate::access::verify_room_token(
+                &self.session.gw,
+                &self.session.identity,
+                Some(&room),
+                token,
+            )?;
+            self.session.room_grants.insert(room, grant);
+        }
         for raw in targets {
             let outcome = async {
                 let target = self.session.target(&raw)?;
@@ -226,14 +251,15 @@ impl Conn {
 
     async fn publish(&mut self, p: zps_protocol::Publish) -> Result<(), Failure> {
         let gw = self.session.gw.clone();
-        if !gw.config.limits.allow_client_publish {
+        let room = self.session.room(&p.event.room)?;
+        let s = &self.session;
+        if !crate::access::may_publish(&gw, &s.identity, Some(&s.room_grants), &room, true) {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
                 "client publishing is disabled on this gateway",
             )
             .into());
         }
-        let room = self.session.room(&p.event.room)?;
         self.session
             .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Publish)
             .await?;
@@ -320,10 +346,11 @@ impl Conn {
 
     async fn publish_ephemeral(&mut self, e: zps_protocol::PublishEphemeral) -> Result<(), Failure> {
         let gw = self.session.gw.clone();
-        if !gw.config.limits.allow_client_ephemeral {
+        let room = self.session.room(&e.room)?;
+        let s = &self.session;
+        if !crate::access::may_publish(&gw, &s.identity, Some(&s.room_grants), &room, false) {
             return Err(Refusal::new(ErrorCode::Forbidden, "client ephemeral publishing is disabled").into());
         }
-        let room = self.session.room(&e.room)?;
         self.session
             .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Publish)
             .await?;
@@ -358,7 +385,7 @@ impl Conn {
     async fn presence_enter(&mut self, p: zps_protocol::PresenceEnter) -> Result<(), Failure> {
         let room = self.session.room(&p.room)?;
         self.session
-            .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Subscribe)
+            .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Presence)
             .await?;
         let state = self.session.presence_enter(&room, p.metadata).await?;
         self.reply(state).await?;
