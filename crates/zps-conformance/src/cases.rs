@@ -16,6 +16,10 @@ use zps_core::{
     RoomPattern, SubscribeOptions, SubscriptionItem, Timestamp, room,
 };
 
+pub use crate::presence::{
+    presence_latest_metadata_wins_across_connections,
+    presence_metadata_survives_heartbeats_and_extra_connections,
+};
 use crate::{
     Fixture, WAIT, assert_quiet, engine, next_event, seqs, take_events, take_stream, unique_room,
     unique_scope,

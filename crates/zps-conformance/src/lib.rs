@@ -39,6 +39,7 @@ use zps_core::{Envelope, Realtime, Room, Subscription, SubscriptionItem, Transpo
 
 pub mod cases;
 pub mod fault;
+pub mod presence;
 
 /// How long any single wait in the suite may take before the case fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -166,6 +167,8 @@ macro_rules! conformance_suite {
             failing_handler_retries_then_dead_letters,
             ephemeral_events_fan_out_and_are_not_stored,
             presence_tracks_users_across_connections,
+            presence_metadata_survives_heartbeats_and_extra_connections,
+            presence_latest_metadata_wins_across_connections,
             two_connections_share_one_history,
         );
     };

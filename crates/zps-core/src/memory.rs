@@ -461,7 +461,16 @@ impl Transport for MemoryTransport {
         state.connections.retain(|_, deadline| *deadline > now);
         let joined = state.connections.is_empty();
         state.connections.insert(connection.to_owned(), now + ttl);
-        state.member = Some(member);
+        // Metadata belongs to the member: `None` keeps what a live member has.
+        let kept = if joined {
+            None
+        } else {
+            state.member.take().and_then(|m| m.metadata)
+        };
+        state.member = Some(PresenceMember {
+            metadata: member.metadata.or(kept),
+            ..member
+        });
         Ok(joined)
     }
 

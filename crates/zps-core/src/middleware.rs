@@ -5,6 +5,27 @@
 //! an error, or observe before and after `next.run(ctx).await`. Order:
 //! `operation -> m1 -> m2 -> core -> m2 -> m1`.
 //!
+//! # Reads of stored events
+//!
+//! One rule: **every stored event the engine hands to someone passes the
+//! [`Action::Deliver`] action once**, with [`Context::envelope`] set — live
+//! events and the catch-up of a subscription, every event of a
+//! [`Realtime::replay`](crate::Realtime::replay) page (after the page's
+//! [`Action::Replay`] read) and of a [`Realtime::catch_up`](crate::Realtime::catch_up)
+//! stream (after its [`Action::CatchUp`] start). The gateway's history pages,
+//! replay requests, catch-up on subscribe and SSE resume all read through
+//! these, so a redaction middleware on `Deliver` covers them. A `Deliver`
+//! middleware may rewrite the envelope, or withhold the event by clearing
+//! `ctx.envelope` or returning an error; a withheld event is simply absent —
+//! a page's `scanned_to` still covers it, so readers move past it without a
+//! gap or a discontinuity. Replayed pages are shared by many readers, so their
+//! `Deliver` context has no subscriber id.
+//!
+//! Dead letters are an operator surface: each read ([`Dlq::list`](crate::Dlq::list),
+//! `list_after`, every page of `Dlq::replay`) runs [`Action::DlqReplay`] once
+//! (refuse it to forbid the read); entries do not pass `Deliver`. Snapshots
+//! carry folded state, not events: [`Action::GetSnapshot`] guards the read.
+//!
 //! ```
 //! use zps_core::middleware::{from_fn, Action};
 //! let add_trace = from_fn(|mut ctx, next| async move {
@@ -39,9 +60,9 @@ pub enum Action {
     Publish,
     /// Opening a subscription.
     Subscribe,
-    /// Handing an event to a subscription.
+    /// Handing a stored event to anyone: live, catch-up, replay pages (see the module docs).
     Deliver,
-    /// Reading one page of history.
+    /// Reading one page of history (each event then passes `Deliver`).
     Replay,
     /// Starting a paged catch-up.
     CatchUp,
@@ -61,7 +82,7 @@ pub enum Action {
     PresenceLeave,
     /// Parking a failed event.
     DlqWrite,
-    /// Reading the dead-letter queue.
+    /// Reading the dead-letter queue (once per page read).
     DlqReplay,
     /// Shutting the engine down.
     Close,
@@ -114,11 +135,12 @@ pub struct Context {
     pub envelope: Option<Arc<Envelope>>,
     /// The ephemeral event being published or delivered.
     pub ephemeral: Option<Arc<EphemeralEvent>>,
-    /// The sequence concerned (ack) or the replay start.
+    /// The sequence concerned (ack), the replay start, or the dead-letter entry
+    /// id a `dlqReplay` read starts after.
     pub sequence: Option<u64>,
     /// The failure text (dlqWrite).
     pub error: Option<String>,
-    /// How many events a replay returned, once it ran.
+    /// How many events a replay read (before `deliver`), or entries a `dlqReplay` read, once it ran.
     pub count: Option<usize>,
     /// Free-form values middleware can pass to each other.
     pub extensions: serde_json::Map<String, serde_json::Value>,

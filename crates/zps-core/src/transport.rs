@@ -293,6 +293,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Records that `connection` of `member.user_id` is present for `ttl`; returns
     /// true when the user was not present before (a join to announce).
+    ///
+    /// Metadata belongs to the member (the user), not to a connection:
+    /// `Some(metadata)` replaces it (the latest enter wins, for every connection
+    /// of the user); `None` keeps whatever the member has, so a heartbeat or a
+    /// second connection without metadata never erases it. The member keeps its
+    /// metadata while any of its connections is live; when the last one leaves or
+    /// expires, the member and its metadata are gone (a later enter starts afresh).
     async fn presence_enter(
         &self,
         room: &Room,

@@ -98,13 +98,23 @@ async fn middleware_can_edit_block_and_filter() {
         vec![1, 3],
         "hidden event 2 is filtered"
     );
-    let stored = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    let stored = rt
+        .transport()
+        .replay(&ReplayQuery::new(chat.clone(), 0))
+        .await
+        .unwrap();
     assert_eq!(
         seqs(&stored.events),
         vec![1, 2, 3],
         "the refused publish stored nothing"
     );
     assert_eq!(stored.events[0].metadata.as_ref().unwrap()["traceId"], "t-1");
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(
+        (seqs(&page.events), page.scanned_to),
+        (vec![1, 3], 3),
+        "history hides event 2 as live delivery did"
+    );
 }
 
 #[tokio::test]

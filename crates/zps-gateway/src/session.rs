@@ -611,12 +611,12 @@ impl Session {
     pub(crate) async fn presence_refresh(&self) {
         let user = self.user_id();
         for room in &self.entered {
-            // Re-entering only refreshes the TTL; a re-join after expiry is announced.
+            // Only renews the TTL (metadata is kept); a re-join after expiry is announced.
             if let Err(e) = self
                 .gw
                 .engine
                 .presence(room.clone())
-                .enter(&user, None, &self.conn.key)
+                .refresh(&user, &self.conn.key)
                 .await
             {
                 tracing::debug!(room = %room, error = %e, "presence refresh failed");

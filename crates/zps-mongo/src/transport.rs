@@ -914,21 +914,22 @@ impl MongoTransport {
         Ok(sequence)
     }
 
-    async fn presence_live_count(&self, room: &Room, user_id: &str) -> MongoResult<u64> {
+    /// The live connections of a user: `{metadata, metadataAt}` of each.
+    async fn presence_live(&self, room: &Room, user_id: &str) -> MongoResult<Vec<Document>> {
         let now = Timestamp::now();
         let found: Vec<Document> = self
             .inner
             .c
             .presence
             .find(doc! { "room": room.as_str(), "userId": user_id, "expiresAt": docs::not_expired(now) })
-            .projection(doc! { "_id": 0, "expiresAt": 1 })
+            .projection(doc! { "_id": 0, "expiresAt": 1, "metadata": 1, "metadataAt": 1 })
             .await?
             .try_collect()
             .await?;
         Ok(found
-            .iter()
+            .into_iter()
             .filter(|d| docs::get_timestamp(d, "expiresAt").is_some_and(|t| t > now))
-            .count() as u64)
+            .collect())
     }
 
     async fn close_inner(&self) {
@@ -1259,20 +1260,57 @@ impl Transport for MongoTransport {
         ttl: Duration,
     ) -> zps_core::Result<bool> {
         self.check_open()?;
-        let joined = self.presence_live_count(room, &member.user_id).await? == 0;
-        let expires = Timestamp::now().saturating_add(ttl);
-        let filter =
-            doc! { "room": room.as_str(), "userId": member.user_id.as_str(), "connection": connection };
-        self.inner
-            .c
-            .presence
-            .replace_one(
-                filter,
-                docs::presence_document(room, &member, connection, expires),
-            )
+        let live = self.presence_live(room, &member.user_id).await?;
+        let joined = live.is_empty();
+        let now = Timestamp::now();
+        let expires = now.saturating_add(ttl);
+        // Metadata belongs to the member: `None` keeps the newest one its live
+        // connections hold; `Some` is written to all of them (the latest wins).
+        let spread = member.metadata.as_ref().map(docs::map_to_document);
+        let (metadata_at, member) = match &member.metadata {
+            Some(_) => (Some(now), member),
+            None => {
+                let newest = live
+                    .iter()
+                    .filter_map(|d| match d.get("metadata") {
+                        Some(Bson::Document(m)) => Some((docs::get_timestamp(d, "metadataAt"), m)),
+                        _ => None,
+                    })
+                    .max_by_key(|(at, _)| *at);
+                match newest {
+                    Some((at, m)) => (
+                        at,
+                        PresenceMember {
+                            metadata: Some(docs::document_to_map(m)),
+                            ..member
+                        },
+                    ),
+                    None => (None, member),
+                }
+            }
+        };
+        let mut document = docs::presence_document(room, &member, connection, expires);
+        if let Some(at) = metadata_at {
+            document.insert("metadataAt", date(at));
+        }
+        let user = doc! { "room": room.as_str(), "userId": member.user_id.as_str() };
+        let mut filter = user.clone();
+        filter.insert("connection", connection);
+        let presence = &self.inner.c.presence;
+        presence
+            .replace_one(filter, document)
             .upsert(true)
             .await
             .map_err(MongoError::from)?;
+        if let Some(metadata) = spread {
+            presence
+                .update_many(
+                    user,
+                    doc! { "$set": { "metadata": metadata, "metadataAt": date(now) } },
+                )
+                .await
+                .map_err(MongoError::from)?;
+        }
         Ok(joined)
     }
 
@@ -1288,7 +1326,7 @@ impl Transport for MongoTransport {
         if r.deleted_count == 0 {
             return Ok(false);
         }
-        Ok(self.presence_live_count(room, user_id).await? == 0)
+        Ok(self.presence_live(room, user_id).await?.is_empty())
     }
 
     async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
@@ -1304,21 +1342,32 @@ impl Transport for MongoTransport {
             .try_collect()
             .await
             .map_err(MongoError::from)?;
-        let mut members: HashMap<String, PresenceMember> = HashMap::new();
+        // Several connections of one user are one member: the latest heartbeat,
+        // and the metadata set last (older documents: by their heartbeat).
+        let mut members: HashMap<String, (PresenceMember, Option<Timestamp>)> = HashMap::new();
         for d in &found {
             if docs::get_timestamp(d, "expiresAt").is_none_or(|t| t <= now) {
                 continue;
             }
             let m = docs::decode_member(d).map_err(corrupt("presence"))?;
-            // Several connections of one user are one member: the latest heartbeat wins.
-            match members.get(&m.user_id) {
-                Some(existing) if existing.last_seen_at >= m.last_seen_at => {}
-                _ => {
-                    members.insert(m.user_id.clone(), m);
+            let set_at = m
+                .metadata
+                .is_some()
+                .then(|| docs::get_timestamp(d, "metadataAt").unwrap_or(m.last_seen_at));
+            match members.get_mut(&m.user_id) {
+                Some((existing, existing_at)) => {
+                    existing.last_seen_at = existing.last_seen_at.max(m.last_seen_at);
+                    if set_at > *existing_at {
+                        existing.metadata = m.metadata;
+                        *existing_at = set_at;
+                    }
+                }
+                None => {
+                    members.insert(m.user_id.clone(), (m, set_at));
                 }
             }
         }
-        let mut members: Vec<PresenceMember> = members.into_values().collect();
+        let mut members: Vec<PresenceMember> = members.into_values().map(|(m, _)| m).collect();
         members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(members)
     }
@@ -1364,7 +1413,7 @@ impl Transport for MongoTransport {
         let mut left = Vec::new();
         for (room, user) in users {
             let Ok(room) = Room::parse(&room) else { continue };
-            if self.presence_live_count(&room, &user).await? == 0 {
+            if self.presence_live(&room, &user).await?.is_empty() {
                 left.push((room, user));
             }
         }

@@ -27,6 +27,7 @@ pub(crate) struct Queries {
     pub(crate) dlq_list: String,
     pub(crate) dlq_remove: String,
     pub(crate) dlq_len: String,
+    pub(crate) presence_lock: String,
     pub(crate) presence_enter: String,
     pub(crate) presence_leave: String,
     pub(crate) presence_members: String,
@@ -215,20 +216,36 @@ impl Queries {
             ),
             dlq_remove: format!("DELETE FROM {dlq} WHERE room = $1 AND entry_id = ANY($2::bigint[])"),
             dlq_len: format!("SELECT count(*) FROM {dlq} WHERE room = $1"),
+            // Serialises the enters of one user (see `presence_enter`); the two-int key
+            // space never meets the migrator's single-bigint lock, and a hash collision
+            // only makes two enters wait for each other.
+            presence_lock: "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))".to_owned(),
+            // Metadata belongs to the member: `Some` ($4) is written to every row of the
+            // user (latest wins), `None` keeps what the user's live rows hold.
             presence_enter: format!(
-                "WITH before AS (
-                    SELECT count(*) AS live FROM {presence}
+                "WITH live AS (
+                    SELECT metadata::text AS metadata FROM {presence}
                     WHERE room = $1 AND user_id = $2 AND expires_at > now()
+                ),
+                chosen AS (
+                    SELECT COALESCE($4::text, (SELECT metadata FROM live WHERE metadata IS NOT NULL LIMIT 1))
+                        AS metadata
                 ),
                 upsert AS (
                     INSERT INTO {presence} (room, user_id, connection_id, metadata, last_seen_at, expires_at)
-                    VALUES ($1, $2, $3, $4::text::json, $5, now() + $6::bigint * interval '1 millisecond')
+                    SELECT $1, $2, $3, metadata::json, $5, now() + $6::bigint * interval '1 millisecond'
+                    FROM chosen
                     ON CONFLICT (room, user_id, connection_id) DO UPDATE
                         SET metadata = EXCLUDED.metadata, last_seen_at = EXCLUDED.last_seen_at,
                             expires_at = EXCLUDED.expires_at
                     RETURNING 1
+                ),
+                spread AS (
+                    UPDATE {presence} SET metadata = $4::text::json
+                    WHERE $4::text IS NOT NULL AND room = $1 AND user_id = $2 AND connection_id <> $3
+                    RETURNING 1
                 )
-                SELECT (SELECT live FROM before) = 0 AS joined"
+                SELECT NOT EXISTS (SELECT 1 FROM live) AS joined"
             ),
             presence_leave: format!(
                 "WITH removed AS (
@@ -242,9 +259,12 @@ impl Queries {
                    ) AS left_room"
             ),
             presence_members: format!(
-                "SELECT DISTINCT ON (user_id) user_id, metadata::text AS metadata, last_seen_at FROM {presence}
+                "SELECT user_id,
+                        (array_agg(metadata::text ORDER BY metadata IS NULL, last_seen_at DESC))[1] AS metadata,
+                        max(last_seen_at) AS last_seen_at
+                 FROM {presence}
                  WHERE room = $1 AND expires_at > now()
-                 ORDER BY user_id, last_seen_at DESC"
+                 GROUP BY user_id"
             ),
             presence_sweep: format!(
                 "WITH gone AS (

@@ -744,6 +744,15 @@ impl Transport for PostgresTransport {
         ttl: Duration,
     ) -> zps_core::Result<bool> {
         self.check_open()?;
+        // One user's enters run one at a time, so a connection inheriting the
+        // member's metadata never races one that replaces it.
+        let mut tx = self.inner.pool.begin().await.map_err(PostgresError::from)?;
+        sqlx::query(&self.inner.q.presence_lock)
+            .bind(room.as_str())
+            .bind(&member.user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(PostgresError::from)?;
         let joined: Option<bool> = sqlx::query_scalar(&self.inner.q.presence_enter)
             .bind(room.as_str())
             .bind(&member.user_id)
@@ -751,9 +760,10 @@ impl Transport for PostgresTransport {
             .bind(metadata_text(member.metadata.as_ref()))
             .bind(member.last_seen_at.to_datetime())
             .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-            .fetch_one(&self.inner.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(PostgresError::from)?;
+        tx.commit().await.map_err(PostgresError::from)?;
         Ok(joined.unwrap_or(false))
     }
 

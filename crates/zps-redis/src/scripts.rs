@@ -191,7 +191,8 @@ return cur
 "#;
 
 /// Presence helpers: a room's hash holds `c:<user>` (JSON object connection → expiry
-/// in server milliseconds) and `m:<user>` (the member JSON, opaque to Lua).
+/// in server milliseconds), `m:<user>` (the member JSON without metadata, opaque to
+/// Lua) and `d:<user>` (the member's metadata JSON, when it has any).
 const PRESENCE_HELPERS: &str = r#"
 local function server_now()
   local t = redis.call('TIME')
@@ -199,7 +200,8 @@ local function server_now()
 end
 "#;
 
-/// KEYS: 1 presence hash. ARGV: 1 user, 2 connection, 3 ttl (ms), 4 member JSON.
+/// KEYS: 1 presence hash. ARGV: 1 user, 2 connection, 3 ttl (ms), 4 member JSON
+/// (without metadata), 5 metadata JSON (empty: keep the live member's metadata).
 /// Returns `{joined (1/0), expiry (ms)}`.
 const PRESENCE_ENTER_BODY: &str = r#"
 local now = server_now()
@@ -217,6 +219,11 @@ end
 local expiry = now + tonumber(ARGV[3])
 conns[ARGV[2]] = expiry
 redis.call('HSET', KEYS[1], ckey, cjson.encode(conns), 'm:' .. ARGV[1], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'd:' .. ARGV[1], ARGV[5])
+elseif alive == 0 then
+  redis.call('HDEL', KEYS[1], 'd:' .. ARGV[1])
+end
 if alive == 0 then return {1, expiry} end
 return {0, expiry}
 "#;
@@ -238,7 +245,7 @@ for c, exp in pairs(conns) do
   end
 end
 if alive == 0 then
-  redis.call('HDEL', KEYS[1], ckey, 'm:' .. ARGV[1])
+  redis.call('HDEL', KEYS[1], ckey, 'm:' .. ARGV[1], 'd:' .. ARGV[1])
 else
   redis.call('HSET', KEYS[1], ckey, cjson.encode(keep))
 end
@@ -246,7 +253,8 @@ if had and alive == 0 then return 1 end
 return 0
 "#;
 
-/// KEYS: 1 presence hash. Returns the JSON of every member with a live connection.
+/// KEYS: 1 presence hash. Returns `member JSON, metadata JSON ('' = none)` pairs,
+/// flat, for every member with a live connection.
 const PRESENCE_MEMBERS_BODY: &str = r#"
 local now = server_now()
 local h = redis.call('HGETALL', KEYS[1])
@@ -256,8 +264,12 @@ for i = 1, #h, 2 do
   if string.sub(f, 1, 2) == 'c:' then
     for _, exp in pairs(cjson.decode(h[i + 1])) do
       if exp > now then
-        local m = redis.call('HGET', KEYS[1], 'm:' .. string.sub(f, 3))
-        if m then table.insert(out, m) end
+        local user = string.sub(f, 3)
+        local m = redis.call('HGET', KEYS[1], 'm:' .. user)
+        if m then
+          table.insert(out, m)
+          table.insert(out, redis.call('HGET', KEYS[1], 'd:' .. user) or '')
+        end
         break
       end
     end
@@ -287,7 +299,7 @@ for i = 1, #h, 2 do
       end
     end
     if alive == 0 then
-      redis.call('HDEL', KEYS[1], f, 'm:' .. user)
+      redis.call('HDEL', KEYS[1], f, 'm:' .. user, 'd:' .. user)
       table.insert(left, user)
     elseif changed then
       redis.call('HSET', KEYS[1], f, cjson.encode(keep))

@@ -1145,7 +1145,17 @@ impl Transport for RedisTransport {
         ttl: Duration,
     ) -> Result<bool> {
         self.check_open()?;
-        let json = serde_json::to_string(&member).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+        let invalid = |e: serde_json::Error| Error::InvalidEvent(e.to_string());
+        // Metadata is stored apart from the member so that `None` can keep it.
+        let metadata = match &member.metadata {
+            Some(m) => serde_json::to_string(m).map_err(invalid)?,
+            None => String::new(),
+        };
+        let bare = PresenceMember {
+            metadata: None,
+            ..member.clone()
+        };
+        let json = serde_json::to_string(&bare).map_err(invalid)?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let reply: Value = self
             .inner
@@ -1159,6 +1169,7 @@ impl Transport for RedisTransport {
                     bulk(connection),
                     bulk(ttl_ms.to_string()),
                     bulk(json),
+                    bulk(metadata),
                 ],
             )
             .await
@@ -1213,10 +1224,17 @@ impl Transport for RedisTransport {
             .await
             .map_err(core)?;
         let mut members = Vec::new();
-        for value in reply.into_array() {
-            let Some(bytes) = value.as_bytes() else { continue };
-            let member: PresenceMember = serde_json::from_slice(bytes)
+        let mut values = reply.into_array().into_iter();
+        while let (Some(member), Some(metadata)) = (values.next(), values.next()) {
+            let Some(bytes) = member.as_bytes() else { continue };
+            let mut member: PresenceMember = serde_json::from_slice(bytes)
                 .map_err(|e| decode(format!("stored presence member is not valid: {e}")))?;
+            if let Some(bytes) = metadata.as_bytes().filter(|b| !b.is_empty()) {
+                member.metadata = Some(
+                    serde_json::from_slice(bytes)
+                        .map_err(|e| decode(format!("stored presence metadata is not valid: {e}")))?,
+                );
+            }
             members.push(member);
         }
         members.sort_by(|a, b| a.user_id.cmp(&b.user_id));

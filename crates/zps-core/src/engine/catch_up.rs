@@ -1,6 +1,8 @@
 //! Paged history drains (`catch_up` / `stream_replay`): a bounded stream that
 //! never holds the backlog in memory and advances by sequence, so a rarely
-//! matching type filter never stalls it.
+//! matching type filter never stalls it. The drain runs the `catchUp` action
+//! once, then every event passes the `deliver` action (events it withholds
+//! are skipped; the cursor still moves past them).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -65,7 +67,9 @@ impl State {
             self.done = true;
         }
         self.cursor = Some(page.scanned_to.max(from));
-        self.buffer.extend(page.events);
+        let subscriber = self.opts.subscriber_id.as_deref();
+        let events = super::deliver::deliver_page(inner, page.events, subscriber).await;
+        self.buffer.extend(events);
         Ok(())
     }
 }

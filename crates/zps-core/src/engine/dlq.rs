@@ -4,7 +4,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use crate::envelope::{DlqEntry, NewDlqEntry};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::middleware::{Action, Context};
 use crate::room::Room;
 
@@ -27,14 +27,10 @@ impl Dlq {
         self.list_after(0, limit).await
     }
 
-    /// Entries after `entry_id`, oldest first.
+    /// Entries after `entry_id`, oldest first. Runs the `dlqReplay` middleware
+    /// action (`ctx.sequence` = `entry_id`, `ctx.count` = entries read).
     pub async fn list_after(&self, entry_id: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        self.engine.inner.check_open()?;
-        self.engine
-            .inner
-            .transport
-            .dlq_list(&self.room, entry_id, limit.clamp(1, 10_000))
-            .await
+        read_page(&self.engine, &self.room, entry_id, limit).await
     }
 
     /// How many entries the queue holds.
@@ -67,14 +63,14 @@ impl Dlq {
         dlq_write(&self.engine.inner, &self.room, entry).await
     }
 
-    /// Streams every entry, `page_size` per read, oldest first (entries stay queued).
+    /// Streams every entry, `page_size` per read, oldest first (entries stay queued);
+    /// every read runs the `dlqReplay` middleware action, as [`Dlq::list_after`] does.
     pub fn replay(&self, page_size: usize) -> BoxStream<'static, Result<DlqEntry>> {
         struct St {
             engine: Realtime,
             room: Room,
             after: u64,
             page: std::vec::IntoIter<DlqEntry>,
-            started: bool,
             done: bool,
             page_size: usize,
         }
@@ -83,7 +79,6 @@ impl Dlq {
             room: self.room.clone(),
             after: 0,
             page: Vec::new().into_iter(),
-            started: false,
             done: false,
             page_size: page_size.clamp(1, 10_000),
         };
@@ -96,21 +91,7 @@ impl Dlq {
                 if st.done {
                     return None;
                 }
-                if !st.started {
-                    st.started = true;
-                    let ctx = Context::new(Action::DlqReplay).with_room(st.room.clone());
-                    if let Err(e) = st.engine.inner.run(ctx, |ctx| async move { Ok(ctx) }).await {
-                        st.done = true;
-                        return Some((Err(e), st));
-                    }
-                }
-                match st
-                    .engine
-                    .inner
-                    .transport
-                    .dlq_list(&st.room, st.after, st.page_size)
-                    .await
-                {
+                match read_page(&st.engine, &st.room, st.after, st.page_size).await {
                     Ok(page) => {
                         st.done = page.len() < st.page_size;
                         st.page = page.into_iter();
@@ -124,4 +105,25 @@ impl Dlq {
         })
         .boxed()
     }
+}
+
+/// One page of dead letters through the `dlqReplay` middleware action.
+async fn read_page(engine: &Realtime, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
+    let inner = &engine.inner;
+    inner.check_open()?;
+    let transport = inner.transport.clone();
+    let limit = limit.clamp(1, 10_000);
+    let mut ctx = Context::new(Action::DlqReplay).with_room(room.clone());
+    ctx.sequence = Some(after);
+    let (_, entries) = inner
+        .call(ctx, move |mut ctx| async move {
+            let Some(room) = &ctx.room else {
+                return Err(Error::Rejected("middleware removed the room".into()));
+            };
+            let entries = transport.dlq_list(room, after, limit).await?;
+            ctx.count = Some(entries.len());
+            Ok((ctx, entries))
+        })
+        .await?;
+    Ok(entries)
 }

@@ -3,6 +3,7 @@
 //! flow control, presence and metrics.
 
 mod catch_up;
+mod deliver;
 mod dlq;
 mod handler;
 mod options;
@@ -507,6 +508,11 @@ impl Realtime {
     }
 
     /// Reads one page of history (`sequence > from`, `<= to`, type filter, limit ≤ 10 000).
+    ///
+    /// The read runs the `replay` middleware action; then every event of the page
+    /// passes the `deliver` action like a live delivery (no subscriber id), and
+    /// events it withholds are left out. `scanned_to` still covers them, so a
+    /// reader advancing by it sees no gap.
     pub async fn replay(&self, query: ReplayQuery) -> Result<ReplayPage> {
         self.inner.check_open()?;
         if query.limit > MAX_REPLAY_LIMIT {
@@ -532,7 +538,8 @@ impl Realtime {
                 Ok((ctx, page))
             })
             .await?;
-        Ok(page)
+        let events = deliver::deliver_page(&self.inner, page.events, None).await;
+        Ok(ReplayPage { events, ..page })
     }
 
     /// The room's epoch and retained range.
@@ -860,23 +867,11 @@ impl Subscription {
             let SubscriptionItem::Event(envelope) = item else {
                 return Some(item);
             };
-            let envelope = if self.inner.chain().is_empty() {
-                envelope
-            } else {
-                let mut ctx = Context::new(Action::Deliver)
-                    .with_room(envelope.room.clone())
-                    .with_subscriber(self.subscriber_id.clone());
-                ctx.envelope = Some(envelope);
-                match self.inner.run(ctx, |ctx| async move { Ok(ctx) }).await {
-                    Ok(Context {
-                        envelope: Some(e), ..
-                    }) => e,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "delivery blocked by middleware");
-                        continue;
-                    }
-                }
+            let Some(envelope) =
+                deliver::deliver_one(&self.inner, envelope, self.subscriber_id.clone()).await
+            else {
+                // Withheld by middleware: the tracker already moved past it, no gap.
+                continue;
             };
             let lag = (!from_history).then(|| live_lag_ms(&envelope));
             self.inner.metrics.received(lag);

@@ -50,6 +50,12 @@ impl Presence {
 
     /// Marks `connection` of `user_id` present (also the heartbeat: call it again
     /// within the presence TTL). Returns true when this made the user a new member.
+    ///
+    /// Metadata belongs to the member, not to the connection: `Some` sets it (the
+    /// latest enter wins), `None` keeps what the member has (a heartbeat or a second
+    /// connection without metadata never erases it). It lasts while any connection
+    /// of the user is present and goes with the member when the last one leaves
+    /// or expires.
     pub async fn enter(&self, user_id: &str, metadata: Option<Metadata>, connection: &str) -> Result<bool> {
         let inner = &self.engine.inner;
         inner.check_open()?;
@@ -82,6 +88,13 @@ impl Presence {
             announce_change(&self.engine, &self.room, PRESENCE_JOINED, &announce).await;
         }
         Ok(joined)
+    }
+
+    /// Heartbeat: renews the presence TTL of `connection` of `user_id` and keeps the
+    /// member's metadata (the same as [`Presence::enter`] with `None`). Returns true
+    /// when the user had expired meanwhile and is a new member again.
+    pub async fn refresh(&self, user_id: &str, connection: &str) -> Result<bool> {
+        self.enter(user_id, None, connection).await
     }
 
     /// Removes `connection` of `user_id`; returns true when the user left entirely.
