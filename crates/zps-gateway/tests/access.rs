@@ -282,3 +282,24 @@ async fn hostile_tokens_are_refused_and_harm_no_one() {
         .unwrap();
     assert_eq!(bystander.events(1).await[0]["sequence"], 1);
 }
+
+/// An SSE stream ends when its token expires, after telling the client why
+/// (WebSocket connections are covered in tests/auth.rs).
+#[tokio::test]
+async fn sse_streams_end_when_their_token_expires() {
+    let mut config = hs256_config();
+    config.auth.leeway = Some(std::time::Duration::ZERO);
+    let gw = TestGateway::start(config).await;
+    let short = hs256(json!({"sub": "sam", "exp": now_secs() + 2}));
+    let mut stream = Sse::open(&gw.http_url(&format!("/events?room=chat:1&token={short}")), &[])
+        .await
+        .unwrap();
+    let told = loop {
+        let r = stream.record().await;
+        if r.event.as_deref() == Some("error") {
+            break serde_json::from_str::<Value>(&r.data.unwrap()).unwrap();
+        }
+    };
+    assert_eq!(told["code"], "4401", "{told}");
+    assert!(stream.ends().await, "the stream stays open past its token's exp");
+}

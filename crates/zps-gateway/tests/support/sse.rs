@@ -78,4 +78,16 @@ impl Sse {
             }
         }
     }
+
+    /// Whether the server ends the stream (after whatever is still buffered).
+    pub async fn ends(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(WAIT, self.body.next()).await {
+                Ok(None) => return true,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
 }
