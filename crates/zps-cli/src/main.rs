@@ -67,9 +67,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
+        .with_env_filter(zps_gateway::LOG_CLAMPS.iter().fold(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+            |filter, clamp| match clamp.parse() {
+                Ok(d) => filter.add_directive(d),
+                Err(_) => filter,
+            },
+        ))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

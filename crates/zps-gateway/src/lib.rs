@@ -99,6 +99,17 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
+/// Log directives to append to any filter: the WebSocket and HTTP libraries
+/// print whole frames and requests at TRACE (tokens included), so they are
+/// held at `info` whatever `RUST_LOG` says.
+pub const LOG_CLAMPS: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+];
+
 impl Gateway {
     /// Builds a gateway; fails on an unusable JWT key or limits.
     pub fn new(engine: Realtime, config: GatewayConfig) -> Result<Self, GatewayError> {

@@ -203,12 +203,28 @@ async fn origin_allow_list() {
         ..Default::default()
     };
     let gw = TestGateway::start(config).await;
-    let mut req = gw.ws_url().into_client_request().unwrap();
-    req.headers_mut()
-        .insert("origin", "https://evil.example.com".parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    // Look-alikes: another host, a suffix, a prefix, another scheme or port, `null`.
+    for spoof in [
+        "https://evil.example.com",
+        "https://app.example.com.evil.com",
+        "https://evilapp.example.com",
+        "http://app.example.com",
+        "https://app.example.com:8443",
+        "null",
+    ] {
+        let mut req = gw.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("origin", spoof.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403, "{spoof}"),
+            other => panic!("{spoof}: expected 403, got {:?}", other.map(|_| ())),
+        }
+        let sse = reqwest::Client::new()
+            .get(gw.http_url("/events?room=chat:1"))
+            .header("origin", spoof)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sse.status(), 403, "SSE {spoof}");
     }
     let mut req = gw.ws_url().into_client_request().unwrap();
     req.headers_mut()
