@@ -113,9 +113,15 @@ fn main() -> ExitCode {
 async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::resolve(args)?;
     let transport = providers::connect(&settings.provider).await?;
-    let engine = Realtime::builder(transport)
-        .default_ttl(settings.default_ttl)
-        .build();
+    let mut builder = Realtime::builder(transport).default_ttl(settings.default_ttl);
+    if settings.require_tenant {
+        builder = builder.middleware(std::sync::Arc::new(zps_core::middleware::TenantMiddleware));
+    }
+    if !settings.redact_payload_fields.is_empty() {
+        let redact = zps_core::middleware::RedactMiddleware::new(&settings.redact_payload_fields);
+        builder = builder.middleware(std::sync::Arc::new(redact));
+    }
+    let engine = builder.build();
     let config = gateway_config(&settings)?;
     let gateway = Gateway::new(engine, config).context("invalid gateway configuration")?;
 

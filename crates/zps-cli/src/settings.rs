@@ -269,6 +269,18 @@ pub(crate) struct GatewayArgs {
     /// Largest HTTP API request body [default: 1048576].
     #[arg(long, env = "ZERO_PUBSUB_API_MAX_BODY_BYTES", help_heading = "HTTP API")]
     pub(crate) api_max_body_bytes: Option<usize>,
+    /// Payload fields never shown to clients (dotted paths, comma separated): removed
+    /// from live events, catch-up, history pages and ephemeral events; still stored.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_REDACT_PAYLOAD_FIELDS",
+        value_delimiter = ',',
+        help_heading = "Middleware"
+    )]
+    pub(crate) redact_payload_fields: Option<Vec<String>>,
+    /// Refuse publishes without a `metadata.tenantId` string [default: false].
+    #[arg(long, env = "ZERO_PUBSUB_REQUIRE_TENANT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Middleware")]
+    pub(crate) require_tenant: Option<bool>,
     /// Serve the demo chat page at /demo/ (clients publish: add --allow-client-publish) [default: false].
     #[arg(long, env = "ZERO_PUBSUB_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Server")]
     pub(crate) demo: Option<bool>,
@@ -331,6 +343,8 @@ pub(crate) struct FileSettings {
     cluster_report_interval_ms: Option<u64>,
     http_api: Option<bool>,
     demo: Option<bool>,
+    redact_payload_fields: Option<Vec<String>>,
+    require_tenant: Option<bool>,
 }
 
 /// The resolved provider choice.
@@ -413,6 +427,10 @@ pub(crate) struct Settings {
     pub(crate) api: zps_gateway::api::ApiConfig,
     /// Serve the demo page.
     pub(crate) demo: bool,
+    /// Payload paths removed on the way out.
+    pub(crate) redact_payload_fields: Vec<String>,
+    /// Publishes need `metadata.tenantId`.
+    pub(crate) require_tenant: bool,
 }
 
 /// The HTTP API's settings: keys from flags (hashed at once) and from a key file.
@@ -528,6 +546,8 @@ impl Settings {
             )?
             .with_report_interval(pick!(cluster_report_interval_ms)),
             demo: pick!(demo).unwrap_or(false),
+            redact_payload_fields: pick!(redact_payload_fields).unwrap_or_default(),
+            require_tenant: pick!(require_tenant).unwrap_or(false),
         };
         settings.validate()?;
         Ok(settings)

@@ -454,3 +454,59 @@ async fn cluster_counts_and_dead_letters_on_postgres() {
         .unwrap();
     pool.close().await;
 }
+
+/// `--redact-payload-fields` and `--require-tenant` from the command line:
+/// the fields are gone from live events, catch-up and history; a publish
+/// without a tenant is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn middleware_from_the_command_line() {
+    let gw = start_gateway(&[
+        "--api-key",
+        KEY,
+        "--redact-payload-fields",
+        "secret,card.number",
+        "--require-tenant",
+    ]);
+    let server = http(&gw);
+    let (mut live, _) = tokio_tungstenite::connect_async(gw.ws.as_str()).await.unwrap();
+    send(&mut live, json!({"type": "init", "subscriberId": "viewer"})).await;
+    assert_eq!(recv(&mut live).await["type"], "ready");
+    subscribe(&mut live, "shop:1").await;
+    let payload =
+        json!({"secret": "s3cr3t", "card": {"number": "4111111111111111", "brand": "visa"}, "ok": 1});
+    let publisher = zps_client::http::Publisher::new(&server, KEY).unwrap();
+    let untagged = zps_client::OutgoingEvent::new("shop:1", "order", &payload).unwrap();
+    let refused = publisher.publish(untagged).await.unwrap_err();
+    assert!(refused.to_string().contains("tenantId"), "{refused}");
+    let tagged = zps_client::OutgoingEvent::new("shop:1", "order", &payload)
+        .unwrap()
+        .with_metadata("tenantId", json!("acme"));
+    assert_eq!(publisher.publish(tagged).await.unwrap().sequence, 1);
+    let redacted = json!({"card": {"brand": "visa"}, "ok": 1});
+    let event = loop {
+        let m = recv(&mut live).await;
+        if m["type"] == "event" {
+            break m;
+        }
+    };
+    assert_eq!(event["data"]["payload"], redacted);
+    let (_, history, err) = cli(&server, &["history", "shop:1", "--json"]);
+    let first: Value =
+        serde_json::from_str(history.lines().next().unwrap_or_else(|| panic!("{err}"))).unwrap();
+    assert_eq!(first["payload"], redacted);
+    let (mut later, _) = tokio_tungstenite::connect_async(gw.ws.as_str()).await.unwrap();
+    send(&mut later, json!({"type": "init", "subscriberId": "late"})).await;
+    assert_eq!(recv(&mut later).await["type"], "ready");
+    send(
+        &mut later,
+        json!({"type": "subscribe", "room": "shop:1", "fromSequence": 0}),
+    )
+    .await;
+    let caught_up = loop {
+        let m = recv(&mut later).await;
+        if m["type"] == "event" {
+            break m;
+        }
+    };
+    assert_eq!(caught_up["data"]["payload"], redacted);
+}

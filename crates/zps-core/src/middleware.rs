@@ -336,3 +336,90 @@ impl Middleware for TenantMiddleware {
         next.run(ctx).await
     }
 }
+
+/// Removes named fields from payloads on their way out (`deliver` and
+/// `ephemeralDeliver`): live, catch-up, history pages and replays alike, so a
+/// field can be stored for the backend and never shown to clients. Paths are
+/// dotted (`card.number`); payloads that are not objects pass unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct RedactMiddleware {
+    paths: Vec<Vec<String>>,
+}
+
+impl RedactMiddleware {
+    /// Redacts these dotted paths.
+    pub fn new<I, S>(paths: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self {
+            paths: paths
+                .into_iter()
+                .map(|p| p.as_ref().split('.').map(str::to_owned).collect::<Vec<_>>())
+                .filter(|p: &Vec<String>| p.iter().all(|s| !s.is_empty()))
+                .collect(),
+        }
+    }
+
+    /// The payload without the redacted fields, or `None` when nothing changes.
+    fn redact(&self, payload: &crate::envelope::Payload) -> Option<crate::envelope::Payload> {
+        // Cheap test first: most payloads name none of the fields.
+        let text = payload.get();
+        if !self
+            .paths
+            .iter()
+            .any(|p| p.last().is_some_and(|leaf| text.contains(leaf.as_str())))
+        {
+            return None;
+        }
+        let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
+        let mut changed = false;
+        for path in &self.paths {
+            changed |= remove_path(&mut value, path);
+        }
+        if !changed {
+            return None;
+        }
+        serde_json::value::to_raw_value(&value).ok()
+    }
+}
+
+fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [leaf] => value.as_object_mut().is_some_and(|o| o.remove(leaf).is_some()),
+        [head, rest @ ..] => value
+            .as_object_mut()
+            .and_then(|o| o.get_mut(head))
+            .is_some_and(|inner| remove_path(inner, rest)),
+    }
+}
+
+#[async_trait]
+impl Middleware for RedactMiddleware {
+    async fn handle(&self, mut ctx: Context, next: Next) -> Result<Context> {
+        match ctx.action {
+            Action::Deliver => {
+                if let Some(e) = &ctx.envelope
+                    && let Some(payload) = self.redact(&e.payload)
+                {
+                    let mut redacted = Envelope::clone(e);
+                    redacted.payload = payload;
+                    ctx.envelope = Some(Arc::new(redacted));
+                }
+            }
+            Action::EphemeralDeliver => {
+                if let Some(e) = &ctx.ephemeral
+                    && let Some(payload) = self.redact(&e.payload)
+                {
+                    let mut redacted = crate::envelope::EphemeralEvent::clone(e);
+                    redacted.payload = payload;
+                    ctx.ephemeral = Some(Arc::new(redacted));
+                }
+            }
+            _ => {}
+        }
+        next.run(ctx).await
+    }
+}

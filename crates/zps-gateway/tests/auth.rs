@@ -215,7 +215,9 @@ async fn origin_allow_list() {
         let mut req = gw.ws_url().into_client_request().unwrap();
         req.headers_mut().insert("origin", spoof.parse().unwrap());
         match tokio_tungstenite::connect_async(req).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403, "{spoof}"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "{spoof}")
+            }
             other => panic!("{spoof}: expected 403, got {:?}", other.map(|_| ())),
         }
         let sse = reqwest::Client::new()
