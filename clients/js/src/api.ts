@@ -16,7 +16,11 @@ export interface ClientOptions {
   url: string;
   /** A JWT, or a function returning one; the function is called on every (re)connect and on `token_expiring`. */
   token?: string | (() => string | Promise<string>);
-  /** Durable consumer id (server-side ack cursors are kept per id). Default: random. */
+  /**
+   * Durable consumer id (server-side ack cursors are kept per id). A gateway that verifies
+   * tokens accepts only the token's `sub` or `sub#device`. Default: `<sub>#zps-js-<random>`
+   * with a token whose `sub` is readable, else `zps-js-<random>`.
+   */
   subscriberId?: string;
   /** WebSocket constructor (default: `globalThis.WebSocket`; pass `ws`'s export on Node 20). */
   WebSocket?: WebSocketConstructor;
@@ -61,7 +65,7 @@ export interface PublishOptions {
 
 /** The client returned by `createRealtimeClient`. */
 export interface RealtimeClient {
-  /** The subscriber id sent in `init`. */
+  /** The subscriber id sent in the latest `init` (with a token provider: derived from its token's `sub`, see `subscriberId`). */
   readonly subscriberId: string;
   /** The current connection state. */
   readonly state: ConnectionState;

@@ -18,6 +18,7 @@ import {
   ZpsError,
 } from './errors.js';
 import type { Link, LinkEvents } from './link.js';
+import { tokenSubject } from './jwt.js';
 import { PresenceSet } from './presence.js';
 import type { ClientMessage, ServerMessage } from './protocol.js';
 import { SubscriptionSet } from './subscriptions.js';
@@ -43,7 +44,16 @@ interface Pending {
 export function createRealtimeClient(options: ClientOptions): RealtimeClient {
   const o = options;
   const { ws: wsUrl, http: httpBase } = endpoints(o.url);
-  const subscriberId = o.subscriberId ?? `zps-js-${randomId()}`;
+  // Without an explicit id: a device of the token's `sub` (`sub#zps-js-<random>`), which a gateway that
+  // verifies tokens accepts; without a readable `sub`, `zps-js-<random>`. Fixed for the client's life
+  // (the device part), re-derived when a provider's token names another `sub`.
+  const device = `zps-js-${randomId()}`;
+  const idFor = (token: string | undefined): string => {
+    if (o.subscriberId !== undefined) return o.subscriberId;
+    const sub = tokenSubject(token);
+    return sub !== undefined && !sub.includes('#') ? `${sub}#${device}` : device;
+  };
+  let subscriberId = idFor(typeof o.token === 'string' ? o.token : undefined);
   const requestTimeoutMs = o.requestTimeoutMs ?? 10_000;
   const maxQueued = o.maxQueuedMessages ?? 1024;
   const heartbeatMs = o.heartbeatMs ?? 25_000;
@@ -67,6 +77,8 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
   let attempt = 0;
   let authRetries = 0;
   let authRefused = false;
+  /** An `error` about no request and no room before `ready`: why `init` was refused. */
+  let initRefusal: ServerError | undefined;
   let wsNeverOpened = 0;
   let generation = 0;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -157,6 +169,8 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     }
     if (gen !== generation || stopped || paused) return;
     authRefused = false;
+    initRefusal = undefined;
+    subscriberId = idFor(token);
     const events: LinkEvents = {
       open: () => {
         if (gen !== generation) return;
@@ -174,7 +188,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
         if (gen !== generation) return;
         if (kind === 'websocket' && !info.opened && mode === 'auto' && sseAvailable) wsNeverOpened++;
         if (info.subprotocolRefused) compact = false;
-        lost(info.code, info.reason);
+        lost(info.code, info.reason, info.refusal);
       },
     };
     // SSE and compact frames are loaded on first use, so the core bundle stays small.
@@ -205,13 +219,19 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     for (const p of pending.values()) p.sent = false;
   };
 
-  const lost = (code: number, reason: string) => {
+  const lost = (code: number, reason: string, refused?: ServerError) => {
+    const refusal = refused ?? initRefusal;
     const auth = code === 4401 || authRefused;
+    // Error 4403 at `init`, then close 4401: the token does not own the subscriber id
+    // (it must be the token's `sub` or `sub#device`). Another token cannot fix the id.
+    const notOwned = auth && refusal?.code === '4403';
     drop();
     if (stopped || paused) return;
     report(new ConnectionError(code, reason));
     if (auth) {
-      if (typeof o.token !== 'function' || authRetries >= 1) return stop(new UnauthorizedError(`token refused (${reason || code})`));
+      const why = refusal ? `${refusal.code}: ${refusal.message}` : reason || String(code);
+      if (notOwned) return stop(new UnauthorizedError(`subscriberId ${JSON.stringify(subscriberId)} refused (${why})`, refusal));
+      if (typeof o.token !== 'function' || authRetries >= 1) return stop(new UnauthorizedError(`token refused (${why})`, refusal));
       authRetries++;
     }
     if (wsNeverOpened >= 2 && !useSse) useSse = true;
@@ -275,6 +295,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
       }
       case 'error': {
         const err = new ServerError(m.code, m.message, m.room, m.requestId);
+        if (!ready && m.room === undefined && m.requestId === undefined) initRefusal = err;
         if (m.code === '4401' && !ready) authRefused = true;
         const p = m.requestId !== undefined ? pending.get(m.requestId) : undefined;
         if (p) {
@@ -326,14 +347,16 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     const closed = new ClientClosedError();
     for (const p of pending.values()) clearTimeout(p.timer), p.reject(reason ?? closed);
     pending.clear();
-    subs.removeAll();
+    subs.removeAll(reason ?? closed);
     presence.close(reason ?? closed);
     setState({ status: 'closed', error: reason });
     if (reason) report(reason);
   };
 
   const client: RealtimeClient = {
-    subscriberId,
+    get subscriberId() {
+      return subscriberId;
+    },
     get state() {
       return state;
     },

@@ -84,8 +84,14 @@ export class ClientClosedError extends ZpsError {
 
 /** The token was refused and cannot be fixed by reconnecting: the client stopped. */
 export class UnauthorizedError extends ZpsError {
-  constructor(message: string) {
+  /**
+   * The server's refusal, when it sent one: code `'4401'` (token missing, invalid or
+   * expired) or `'4403'` (the subscriber id is not the token's `sub` or `sub#device`).
+   */
+  readonly refusal: ServerError | undefined;
+  constructor(message: string, refusal?: ServerError) {
     super('unauthorized', message);
+    this.refusal = refusal;
   }
 }
 

@@ -4,6 +4,7 @@
  * The WebSocket transport moves them as frames; the SSE transport translates
  * them to an event stream plus HTTP calls. The client never knows which.
  */
+import type { ServerError } from './errors.js';
 import type { ClientMessage, ServerMessage } from './protocol.js';
 
 /** One connection attempt. */
@@ -22,6 +23,9 @@ export interface LinkEvents {
   message(msg: ServerMessage): void;
   /** A frame that could not be read (the link stays up). */
   error(err: Error): void;
-  /** The link ended. `opened`: it reached `open`. `subprotocolRefused`: the compact offer broke the handshake. */
-  close(info: { code: number; reason: string; opened: boolean; subprotocolRefused?: boolean }): void;
+  /**
+   * The link ended. `opened`: it reached `open`. `subprotocolRefused`: the compact offer broke the
+   * handshake. `refusal`: why the server refused the connection, when it said (SSE: the HTTP error).
+   */
+  close(info: { code: number; reason: string; opened: boolean; subprotocolRefused?: boolean; refusal?: ServerError }): void;
 }

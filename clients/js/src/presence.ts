@@ -97,6 +97,8 @@ export class PresenceSet {
         s.entered = undefined;
         this.send({ type: 'presence_leave', room });
         if (!s.watchers.size) {
+          // Entering also watched the room's changes on the gateway: stop them too.
+          if (!s.waiters.length) this.send({ type: 'presence_unsubscribe', room });
           s.synced = false;
           this.forget(room, s);
         }

@@ -12,6 +12,8 @@ export type ClientMessage =
       rooms: string[];
       positions?: Record<string, number>;
       epochs?: Record<string, string>;
+      /** A room token opening the one room of `rooms` beyond the connection's token. */
+      roomToken?: string;
     }
   | { type: 'unsubscribe'; rooms: string[] }
   | { type: 'publish'; requestId: string; excludeSelf?: boolean; event: Record<string, unknown> }

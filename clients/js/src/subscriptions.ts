@@ -5,7 +5,7 @@
  * discontinuities). Knows nothing about sockets: it sends through `Io`.
  */
 import type { CursorStore } from './cursor-store.js';
-import { AlreadySubscribedError, ServerError, ZpsError } from './errors.js';
+import { AlreadySubscribedError, ServerError, TokenError, ZpsError } from './errors.js';
 import type { ClientMessage, DiscontinuityMessage, ErrorMessage, ReplayMessage, SubscribedMessage } from './protocol.js';
 import { type Delivery, RoomTrack, type RoomSink, type StartAt, type Tuning } from './room.js';
 import type { Discontinuity, RealtimeEvent, RoomPosition } from './types.js';
@@ -24,6 +24,13 @@ export interface SubscribeOptions {
   onDiscontinuity?: (d: Discontinuity) => void;
   /** The server refused the subscription (also reported on `client.on('error')`). */
   onError?: (err: ServerError) => void;
+  /**
+   * A room token (a JWT with a `zps_room` claim, minted by your backend) that opens this one
+   * exact room beyond what the connection's token grants. Sent with the `subscribe` frame and
+   * again with every resubscribe after a reconnect (SSE: a `roomToken` query parameter). A
+   * function is asked for a token before each of those (room tokens are short-lived).
+   */
+  roomToken?: string | (() => string | Promise<string>);
 }
 
 /** A live subscription returned by `client.subscribe`. */
@@ -107,6 +114,11 @@ class Sub implements RoomSink, Subscription {
     this.opts.onError?.(err);
   }
 
+  /** The client closed: an unconfirmed `ready` rejects (a confirmed one stays resolved). */
+  abort(err: Error): void {
+    this.settle[1](err);
+  }
+
   private async run(): Promise<void> {
     while (this.queue.length && !this.closed) {
       const item = this.queue.shift()!;
@@ -153,6 +165,17 @@ export class SubscriptionSet {
   private acks = new Map<string, number>();
   private ackDue: number | undefined;
   private resubscribeAt = new Map<string, number>();
+  /**
+   * `subscribe` frames of each exact room not answered yet on this connection. The gateway
+   * answers them in order, so only the answer to the newest one is about the current
+   * subscription: an unsubscribe + subscribe of the same room (React StrictMode, a remount)
+   * must not take the old frame's `subscribed` (and its history) for the new one.
+   */
+  private awaiting = new Map<string, number>();
+  /** Counts connections: a room token that arrives after its connection dropped is not sent. */
+  private conn = 0;
+  /** Rooms whose room token provider is being asked: their acks wait for the `subscribe` (the token opens the room). */
+  private tokenWait = new Set<string>();
   private seq = 0;
 
   constructor(readonly io: Io) {}
@@ -161,6 +184,7 @@ export class SubscriptionSet {
   subscribe(target: string, handler: EventHandler, opts: SubscribeOptions): Subscription {
     if (target.indexOf(':') < 1) throw new ZpsError('4422', `invalid room: ${target}`);
     const wildcard = target.endsWith(':*');
+    if (wildcard && opts.roomToken !== undefined) throw new ZpsError('4400', `a room token opens one exact room, not ${target}`);
     if ((wildcard ? this.patterns.has(scopeOf(target)) : this.exact.has(target))) throw new AlreadySubscribedError(target);
     const sub = new Sub(target, handler, opts, this);
     if (wildcard) {
@@ -186,33 +210,72 @@ export class SubscriptionSet {
     return sub;
   }
 
-  /** Sends `subscribe` frames, each exact room with its resume position and epoch. */
+  /**
+   * Sends `subscribe` frames, each exact room with its resume position and epoch. A room
+   * with a room token goes alone, with its token (one token opens one room).
+   */
   private sendSubscribe(targets: string[]): void {
-    for (let i = 0; i < targets.length; i += TARGETS_PER_FRAME) {
-      const rooms = targets.slice(i, i + TARGETS_PER_FRAME);
-      const positions: Record<string, number> = {};
-      const epochs: Record<string, string> = {};
-      let any = false;
-      for (const room of rooms) {
-        const t = this.rooms.get(room);
-        if (!t || t.viaWildcard) continue;
-        t.confirmed = false;
-        t.sentPosition = undefined;
-        const pos = t.resumePosition();
-        if (pos) {
-          any = true;
-          positions[room] = pos.sequence;
-          t.sentPosition = pos.sequence;
-          if (pos.epoch !== undefined) epochs[room] = pos.epoch;
-        }
-      }
-      const msg: ClientMessage = { type: 'subscribe', rooms };
-      if (any) {
-        msg.positions = positions;
-        if (Object.keys(epochs).length) msg.epochs = epochs;
-      }
-      this.io.send(msg);
+    const plain: string[] = [];
+    for (const room of targets) {
+      const sub = room.endsWith(':*') ? undefined : this.exact.get(room);
+      const roomToken = sub?.opts.roomToken;
+      if (typeof roomToken === 'string') this.sendFrame([room], roomToken);
+      else if (roomToken) this.sendWithProvider(room, sub!, roomToken);
+      else plain.push(room);
     }
+    for (let i = 0; i < plain.length; i += TARGETS_PER_FRAME) this.sendFrame(plain.slice(i, i + TARGETS_PER_FRAME));
+  }
+
+  /** Asks the room token provider, then subscribes (if still wanted on the same connection). */
+  private sendWithProvider(room: string, sub: Sub, provider: () => string | Promise<string>): void {
+    const conn = this.conn;
+    const current = () => !sub.closed && conn === this.conn && this.io.online() && this.rooms.get(room)?.sink === sub;
+    this.tokenWait.add(room);
+    Promise.resolve()
+      .then(provider)
+      .then(
+        (token) => {
+          if (conn === this.conn) this.tokenWait.delete(room);
+          if (!current()) return;
+          this.sendFrame([room], token);
+          if (this.acks.has(room)) this.ackDue = Date.now();
+          this.io.wake();
+        },
+        (e) => {
+          if (conn === this.conn) this.tokenWait.delete(room);
+          if (!current()) return;
+          this.io.report(new TokenError(`room token provider failed for ${room}: ${String(e)}`));
+          this.resubscribeAt.set(room, Date.now() + RESUBSCRIBE_MS);
+          this.io.wake();
+        },
+      );
+  }
+
+  private sendFrame(rooms: string[], roomToken?: string): void {
+    const positions: Record<string, number> = {};
+    const epochs: Record<string, string> = {};
+    let any = false;
+    for (const room of rooms) {
+      const t = this.rooms.get(room);
+      if (!t || t.viaWildcard) continue;
+      t.confirmed = false;
+      t.sentPosition = undefined;
+      const pos = t.resumePosition();
+      if (pos) {
+        any = true;
+        positions[room] = pos.sequence;
+        t.sentPosition = pos.sequence;
+        if (pos.epoch !== undefined) epochs[room] = pos.epoch;
+      }
+    }
+    for (const room of rooms) if (!room.endsWith(':*')) this.awaiting.set(room, (this.awaiting.get(room) ?? 0) + 1);
+    const msg: ClientMessage = { type: 'subscribe', rooms };
+    if (roomToken !== undefined) msg.roomToken = roomToken;
+    if (any) {
+      msg.positions = positions;
+      if (Object.keys(epochs).length) msg.epochs = epochs;
+    }
+    this.io.send(msg);
   }
 
   /** A connection became ready: resubscribe everything from its position, send held acks. */
@@ -227,6 +290,9 @@ export class SubscriptionSet {
 
   /** The connection dropped: requests in flight are lost, buffered events stay. */
   onDisconnect(): void {
+    this.conn++;
+    this.awaiting.clear();
+    this.tokenWait.clear();
     for (const t of this.rooms.values()) t.onDisconnect();
   }
 
@@ -235,11 +301,20 @@ export class SubscriptionSet {
       this.patterns.get(scopeOf(s.room))?.confirm();
       return;
     }
+    if (this.answered(s.room)) return; // an older frame's answer: the newest one follows
     const t = this.rooms.get(s.room);
     if (!t || t.viaWildcard) return;
     t.onSubscribed(s, Date.now());
     this.exact.get(s.room)?.confirm();
     this.after();
+  }
+
+  /** Counts an answer to a `subscribe` of exact `room`; true when a newer frame is still unanswered. */
+  private answered(room: string): boolean {
+    const n = this.awaiting.get(room) ?? 0;
+    if (n > 1) this.awaiting.set(room, n - 1);
+    else this.awaiting.delete(room);
+    return n > 1;
   }
 
   onEvent(e: RealtimeEvent): void {
@@ -282,6 +357,7 @@ export class SubscriptionSet {
       this.remove(pattern, false);
       return true;
     }
+    if (!pattern && this.answered(m.room)) return true; // refused an older `subscribe` frame
     if (!t || t.viaWildcard) return false;
     if (m.code === '4503' && t.confirmed) {
       // History could not be read while catching up: not subscribed; try again shortly.
@@ -321,7 +397,7 @@ export class SubscriptionSet {
     for (const [room, sequence] of acks) {
       const t = this.rooms.get(room);
       if (t && !t.viaWildcard) void Promise.resolve(this.io.store.save(room, { sequence, epoch: t.epoch })).catch(() => {});
-      if (this.io.online()) this.io.send({ type: 'ack', room, sequence });
+      if (this.io.online() && !this.tokenWait.has(room)) this.io.send({ type: 'ack', room, sequence });
       else this.acks.set(room, sequence);
     }
   }
@@ -338,7 +414,10 @@ export class SubscriptionSet {
     if (sub.closed) return;
     this.flushAcks();
     sub.closed = true;
-    if (sub.target.endsWith(':*')) this.patterns.delete(scopeOf(sub.target));
+    const wildcard = sub.target.endsWith(':*');
+    // An exact room registers once its cursor is loaded: before that, nothing was subscribed.
+    if (!wildcard && this.rooms.get(sub.target)?.sink !== sub) tell = false;
+    if (wildcard) this.patterns.delete(scopeOf(sub.target));
     else this.exact.delete(sub.target);
     for (const [room, t] of this.rooms) {
       if (t.sink === sub) {
@@ -349,9 +428,12 @@ export class SubscriptionSet {
     if (tell && this.io.online()) this.io.send({ type: 'unsubscribe', rooms: [sub.target] });
   }
 
-  /** Every subscription, e.g. on close. */
-  removeAll(): void {
-    for (const s of [...this.exact.values(), ...this.patterns.values()]) this.remove(s, false);
+  /** Every subscription, e.g. on close: a `ready` not yet settled rejects with `err`. */
+  removeAll(err: Error): void {
+    for (const s of [...this.exact.values(), ...this.patterns.values()]) {
+      this.remove(s, false);
+      s.abort(err);
+    }
   }
 
   /** Runs due timers (replays, resubscribes, acks); returns the next deadline. */

@@ -17,6 +17,7 @@
  * rebuilt URL carries every room's.
  */
 import { ServerError } from './errors.js';
+import { ownsSubscriber, tokenSubject } from './jwt.js';
 import type { Link, LinkEvents } from './link.js';
 import type { ClientMessage, ReplayRequest, ServerMessage } from './protocol.js';
 import type { RealtimeEvent } from './types.js';
@@ -91,6 +92,10 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
   let closed = false;
   let acksRefused = false;
   const streams: Stream[] = [];
+  /** Room tokens of the rooms subscribed with one: a `roomToken` parameter of each stream carrying them. */
+  const roomTokens = new Map<string, string>();
+  /** Rooms whose acks the API refused (`4408`: e.g. opened by a room token, which HTTP calls do not carry). */
+  const acksDenied = new Set<string>();
   let batch: { rooms: string[]; positions: Record<string, number>; epochs: Record<string, string> } | undefined;
 
   const emit = (msg: ServerMessage) => {
@@ -103,10 +108,10 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     if (requestId) msg.requestId = requestId;
     emit(msg);
   };
-  const lost = (code: number, reason: string) => {
+  const lost = (code: number, reason: string, refusal?: ServerError) => {
     if (closed) return;
     shutdown();
-    on.close({ code, reason, opened: true });
+    on.close(refusal ? { code, reason, opened: true, refusal } : { code, reason, opened: true });
   };
   const shutdown = () => {
     closed = true;
@@ -132,6 +137,10 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     if (epoch !== undefined) q.set('epoch', epoch);
     if (withSubscriber) q.set('subscriberId', subscriberId);
     if (token) q.set('token', token);
+    for (const r of rooms) {
+      const t = roomTokens.get(r);
+      if (t !== undefined) q.append('roomToken', t);
+    }
     return `${cfg.baseUrl}/events?${q}`;
   };
 
@@ -140,14 +149,24 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     streams.find((s) => matches(s.durable, room) || matches(s.carrier, room));
 
   /** After a failed start, asks the same URL once more to learn why (EventSource hides HTTP statuses). */
-  const diagnose = async (href: string) => {
+  const diagnose = async (href: string, rooms: string[]) => {
     const ctl = new AbortController();
     try {
       const res = await cfg.fetch(href, { method: 'GET', headers: { accept: 'text/event-stream' }, signal: ctl.signal });
       if (!res.ok) {
         const err = await httpError(res);
-        if (res.status === 401) return lost(4401, err.message);
+        if (res.status === 401) return lost(4401, err.message, err);
+        // 403 `4403` about no room: the subscriber id is not the token's `sub` (or `sub#device`),
+        // else a subscriber banned for a while (retried with backoff, as close 4403 on WebSocket).
+        const sub = tokenSubject(token);
+        if (res.status === 403 && err.code === '4403' && !err.room && sub !== undefined && !ownsSubscriber(sub, subscriberId)) {
+          return lost(4401, err.message, err);
+        }
         if (err.room) fail(err);
+        else if (err.code === '4408') {
+          // A refused room token (the stream's error names no room): refuse the rooms that carried one.
+          for (const r of rooms) if (roomTokens.has(r)) fail(err, r);
+        }
       }
     } catch {
       // unreachable: the generic loss below covers it
@@ -198,7 +217,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
       if (typeof ev?.data === 'string' || closed || !streams.includes(s)) return;
       es.close();
       if (opened) lost(1006, 'event stream interrupted');
-      else void diagnose(href);
+      else void diagnose(href, [...durable, ...carrier]);
     };
   };
 
@@ -258,6 +277,10 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
         return;
       case 'subscribe': {
         release(msg.rooms, false);
+        for (const r of msg.rooms) {
+          if (msg.roomToken !== undefined) roomTokens.set(r, msg.roomToken);
+          else roomTokens.delete(r);
+        }
         batch ??= { rooms: [], positions: {}, epochs: {} };
         batch.rooms.push(...msg.rooms);
         Object.assign(batch.positions, msg.positions);
@@ -269,6 +292,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
       case 'unsubscribe_ephemeral': {
         const eph = msg.type === 'unsubscribe_ephemeral';
         if (!eph && batch) batch.rooms = batch.rooms.filter((r) => !msg.rooms.includes(r));
+        if (!eph) for (const r of msg.rooms) roomTokens.delete(r);
         release(msg.rooms, eph);
         for (const room of msg.rooms) emit({ type: 'unsubscribed', room });
         return;
@@ -294,7 +318,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
       case 'ack':
         // The API moves a subscriber's cursor only for the token's own `sub`: anonymous or
         // mismatched callers keep their position in the client (and its cursor store) only.
-        if (!token || acksRefused) return;
+        if (!token || acksRefused || acksDenied.has(msg.room)) return;
         http(
           'PUT',
           `/subscribers/${encodeURIComponent(subscriberId)}/cursors/${encodeURIComponent(msg.room)}`,
@@ -302,7 +326,13 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
           msg.room,
         ).then(
           (a) => emit({ type: 'ack', room: msg.room, sequence: (a as { sequence?: number } | undefined)?.sequence ?? msg.sequence }),
-          (e) => (e instanceof ServerError && e.code === '4403' ? (acksRefused = true) : fail(e, msg.room)),
+          (e) => {
+            if (e instanceof ServerError && e.code === '4403') acksRefused = true;
+            else {
+              if (e instanceof ServerError && e.code === '4408') acksDenied.add(msg.room); // reported once
+              fail(e, msg.room);
+            }
+          },
         );
         return;
       case 'publish_ephemeral':

@@ -224,3 +224,32 @@ test('subscribing twice to one room fails; unsubscribe stops delivery', async ()
   await sleep(150);
   assert.deepEqual(c.seqs, [1]);
 });
+
+test('unsubscribe then subscribe again at once (a React StrictMode remount) delivers each event once', async () => {
+  const pub = make();
+  for (let i = 0; i < 5; i++) await pub.publish('chat:resub', 'm', {});
+  const sub = make();
+  await sub.connected();
+  const first = collector();
+  sub.subscribe('chat:resub', first.handler, { fromSequence: 0 }).unsubscribe();
+  const c = collector();
+  await sub.subscribe('chat:resub', c.handler, { fromSequence: 0 }).ready;
+  await waitFor(() => c.seqs.length >= 5, '5 events');
+  for (let i = 0; i < 3; i++) await pub.publish('chat:resub', 'm', {});
+  await waitFor(() => c.seqs.length >= 8, '8 events');
+  await sleep(200);
+  assert.deepEqual(c.seqs, range(1, 8));
+  assert.deepEqual(first.seqs, []);
+});
+
+test('unsubscribing before the subscription was sent tells the gateway nothing (no 4404 error)', async () => {
+  const ws = instrumentedWebSocket();
+  const sub = make({ WebSocket: ws.WebSocket });
+  await sub.connected();
+  const errors = [];
+  sub.on('error', (e) => errors.push(e));
+  sub.subscribe('chat:never', () => {}).unsubscribe(); // live: the cursor store is read first
+  await sleep(200);
+  assert.deepEqual(ws.sent.filter((f) => f.type === 'subscribe' || f.type === 'unsubscribe'), []);
+  assert.deepEqual(errors, []);
+});

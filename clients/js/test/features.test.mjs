@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { createRealtimeClient } from '../dist/index.js';
-import { collector, range, sleep, startGateway, waitFor, WebSocket } from './helpers.mjs';
+import { collector, instrumentedWebSocket, range, sleep, startGateway, waitFor, WebSocket } from './helpers.mjs';
 
 let gw;
 const clients = [];
@@ -113,6 +113,16 @@ test('presence: enter, members, onChange, leave across two clients', async () =>
   // a third client reads the members without watching
   const carol = make({ subscriberId: 'carol' });
   assert.deepEqual((await carol.presence('chat:p').members()).map((m) => m.userId), ['bob']);
+});
+
+test('presence: entering then leaving without watching also stops the changes', async () => {
+  const ws = instrumentedWebSocket();
+  const c = make({ WebSocket: ws.WebSocket, subscriberId: 'erin' });
+  await c.presence('chat:p3').enter({ name: 'Erin' });
+  await c.presence('chat:p3').leave();
+  await sleep(100);
+  const frames = ws.sent.filter((f) => f.type.startsWith('presence_')).map((f) => f.type);
+  assert.deepEqual(frames, ['presence_enter', 'presence_leave', 'presence_unsubscribe']);
 });
 
 test('presence is restored after a reconnect', async () => {

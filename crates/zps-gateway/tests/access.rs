@@ -207,6 +207,8 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let mut config = hs256_config();
     config.auth.issuer = Some("https://auth.example".into());
     config.auth.audience = Some(vec!["zps".into()]);
+    let key = "zps_issuer-test-key-0123456789abcdefghijklm";
+    config.api.keys = zps_gateway::api::keys::ApiKeys::new(vec![zps_gateway::api::keys::ApiKey::from_flag(key, 1).unwrap()]);
     let gw = TestGateway::start(config).await;
     let with = |extra: Value| token("ivy", extra);
     for (bad, why) in [
@@ -231,6 +233,19 @@ async fn issuer_and_audience_are_checked_when_configured() {
     )
     .await;
     assert_eq!(ready["type"], "ready");
+    // Tokens the gateway mints carry its issuer and audience, so they pass.
+    let minted: Value = reqwest::Client::new()
+        .post(gw.http_url("/api/v1/tokens"))
+        .bearer_auth(key)
+        .json(&json!({"subject": "ivy", "rooms": ["chat:*"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, ready) = init(&gw, "ivy", minted["token"].as_str().unwrap()).await;
+    assert_eq!(ready["type"], "ready", "{ready}");
 }
 
 #[tokio::test]

@@ -105,6 +105,7 @@ pub(crate) async fn mint(
     claims.insert("sub".into(), t.subject.into());
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), expires_at.into());
+    stamp(&gw, &mut claims);
     claims.insert(claim, t.rooms.into());
     let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(secret))
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot sign the token: {e}")))?;
@@ -172,6 +173,7 @@ pub(crate) async fn mint_room(
     }
     claims.insert("iat".into(), now.into());
     claims.insert("exp".into(), expires_at.into());
+    stamp(&gw, &mut claims);
     claims.insert(
         crate::access::ROOM_TOKEN_CLAIM.into(),
         serde_json::json!({"room": room.as_str(), "actions": t.actions}),
@@ -180,4 +182,14 @@ pub(crate) async fn mint_room(
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot sign the token: {e}")))?;
     metrics::counter!("zps_api_tokens_minted_total").increment(1);
     Ok(Json(TokenOut { token, expires_at }))
+}
+
+/// Adds the `iss` and `aud` this gateway requires, so its own tokens pass.
+fn stamp(gw: &Shared, claims: &mut serde_json::Map<String, serde_json::Value>) {
+    if let Some(iss) = &gw.config.auth.issuer {
+        claims.insert("iss".into(), iss.clone().into());
+    }
+    if let Some(aud) = gw.config.auth.audience.as_ref().and_then(|a| a.first()) {
+        claims.insert("aud".into(), aud.clone().into());
+    }
 }
