@@ -130,6 +130,25 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local: SocketAddr = listener.local_addr().context("cannot read the bound address")?;
+    let tls = match &settings.tls {
+        Some((cert, key)) => Some(
+            zps_gateway::tls::TlsConfig::from_pem_files(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load --tls-cert {} / --tls-key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let (ws, http) = if tls.is_some() {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
     tracing::info!(
         provider = settings.provider.kind.as_str(),
         auth = if settings.jwt_secret.is_some() || settings.jwt_public_key.is_some() {
@@ -140,14 +159,21 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         "gateway listening on {local}"
     );
     // A stable line for humans and scripts.
-    println!("zero-pub-sub gateway listening on ws://{local}/ws (SSE: http://{local}/events)");
+    println!("zero-pub-sub gateway listening on {ws}://{local}/ws (SSE: {http}://{local}/events)");
     if settings.demo {
-        println!("demo chat: http://{local}/demo/");
+        println!("demo chat: {http}://{local}/demo/");
     }
 
     let serving = {
         let gateway = gateway.clone();
-        tokio::spawn(async move { gateway.serve(listener).await })
+        match tls {
+            Some(tls) => {
+                reload_on_sighup(tls.clone());
+                let std = listener.into_std().context("cannot hand the socket to TLS")?;
+                tokio::spawn(async move { gateway.serve_tls(std, tls).await })
+            }
+            None => tokio::spawn(async move { gateway.serve(listener).await }),
+        }
     };
     shutdown_signal().await;
     tracing::info!("shutdown signal received; draining");
@@ -201,6 +227,28 @@ fn public_key(pem: Vec<u8>) -> anyhow::Result<JwtKey> {
         return Ok(ec);
     }
     bail!("expected an RSA (RS256) or P-256 EC (ES256) public key in PEM format")
+}
+
+/// `kill -HUP`: read the certificate files again (renewals without a restart).
+fn reload_on_sighup(tls: zps_gateway::tls::TlsConfig) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match tls.reload().await {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; the old one stays"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

@@ -281,6 +281,25 @@ pub(crate) struct GatewayArgs {
     /// Refuse publishes without a `metadata.tenantId` string [default: false].
     #[arg(long, env = "ZERO_PUBSUB_REQUIRE_TENANT", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Middleware")]
     pub(crate) require_tenant: Option<bool>,
+    /// Serve TLS (wss://, https://) with this PEM certificate chain (needs --tls-key;
+    /// reloaded on SIGHUP).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "Server"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "Server"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Serve the demo chat page at /demo/ (clients publish: add --allow-client-publish) [default: false].
     #[arg(long, env = "ZERO_PUBSUB_DEMO", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Server")]
     pub(crate) demo: Option<bool>,
@@ -343,6 +362,8 @@ pub(crate) struct FileSettings {
     cluster_report_interval_ms: Option<u64>,
     http_api: Option<bool>,
     demo: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     redact_payload_fields: Option<Vec<String>>,
     require_tenant: Option<bool>,
 }
@@ -427,6 +448,8 @@ pub(crate) struct Settings {
     pub(crate) api: zps_gateway::api::ApiConfig,
     /// Serve the demo page.
     pub(crate) demo: bool,
+    /// TLS certificate chain and key files.
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
     /// Payload paths removed on the way out.
     pub(crate) redact_payload_fields: Vec<String>,
     /// Publishes need `metadata.tenantId`.
@@ -546,6 +569,11 @@ impl Settings {
             )?
             .with_report_interval(pick!(cluster_report_interval_ms)),
             demo: pick!(demo).unwrap_or(false),
+            tls: match (pick!(tls_cert), pick!(tls_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => bail!("give both --tls-cert and --tls-key"),
+            },
             redact_payload_fields: pick!(redact_payload_fields).unwrap_or_default(),
             require_tenant: pick!(require_tenant).unwrap_or(false),
         };

@@ -36,6 +36,7 @@ mod replay;
 mod session;
 mod shared;
 mod sse;
+pub mod tls;
 mod ws;
 
 use std::sync::{Arc, OnceLock};

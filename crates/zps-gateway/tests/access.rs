@@ -208,7 +208,9 @@ async fn issuer_and_audience_are_checked_when_configured() {
     config.auth.issuer = Some("https://auth.example".into());
     config.auth.audience = Some(vec!["zps".into()]);
     let key = "zps_issuer-test-key-0123456789abcdefghijklm";
-    config.api.keys = zps_gateway::api::keys::ApiKeys::new(vec![zps_gateway::api::keys::ApiKey::from_flag(key, 1).unwrap()]);
+    config.api.keys = zps_gateway::api::keys::ApiKeys::new(vec![
+        zps_gateway::api::keys::ApiKey::from_flag(key, 1).unwrap(),
+    ]);
     let gw = TestGateway::start(config).await;
     let with = |extra: Value| token("ivy", extra);
     for (bad, why) in [
