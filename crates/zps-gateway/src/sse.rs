@@ -40,6 +40,10 @@ struct Params {
     subscriber_id: Option<String>,
     /// Room tokens, each opening the room it names.
     room_tokens: Vec<String>,
+    /// Also carry the rooms' ephemeral events (`event: ephemeral` records).
+    ephemeral: bool,
+    /// Also carry the rooms' presence (`presence_state`, then `presence` records).
+    presence: bool,
 }
 
 fn parse_params(query: &str) -> Result<Params, Refusal> {
@@ -70,6 +74,8 @@ fn parse_params(query: &str) -> Result<Params, Refusal> {
             "token" => p.token = Some(v.into_owned()),
             "subscriberId" => p.subscriber_id = Some(v.into_owned()),
             "roomToken" => p.room_tokens.push(v.into_owned()),
+            "ephemeral" => p.ephemeral = matches!(&*v, "1" | "true"),
+            "presence" => p.presence = matches!(&*v, "1" | "true"),
             _ => {}
         }
     }
@@ -269,7 +275,7 @@ async fn run(
             ready.to_json()
         ))))
         .await?;
-        for target in targets {
+        for target in targets.clone() {
             let from = positions.get(&target).copied().or(params.from_sequence);
             match session
                 .subscribe(
@@ -289,6 +295,30 @@ async fn run(
                         .await?;
                 }
                 Err(Failure::Disconnected) => return Err(crate::pipe::Disconnected),
+            }
+        }
+        // Ephemeral events and presence ride on the same stream when asked for,
+        // so an SSE client keeps what a socket has (its own actions go over HTTP).
+        for target in &targets {
+            let mut answers = Vec::new();
+            if params.ephemeral
+                && let Err(r) = session
+                    .subscribe_ephemeral(target.clone(), params.event_types.clone())
+                    .await
+            {
+                answers.push(r.in_room(&target.to_string()).to_message());
+            }
+            if params.presence
+                && let RoomPattern::Exact(room) = target
+            {
+                answers.push(match session.watch_presence(room).await {
+                    Ok(state) => state,
+                    Err(r) => r.in_room(room.as_str()).to_message(),
+                });
+            }
+            for msg in answers {
+                pipe.write(crate::frames::control(crate::frames::ConnKind::Sse, &msg))
+                    .await?;
             }
         }
         Ok::<_, crate::pipe::Disconnected>(())

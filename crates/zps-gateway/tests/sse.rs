@@ -149,3 +149,41 @@ async fn heartbeats_are_comments() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Asked for, the stream also carries the rooms' presence and ephemeral
+/// events, as named records, beside the stored events.
+#[tokio::test]
+async fn ephemeral_and_presence_ride_on_the_stream_when_asked() {
+    let gw = TestGateway::start(GatewayConfig::default()).await;
+    let mut sse = Sse::open(&gw.http_url("/events?room=chat:1&ephemeral=1&presence=1"), &[])
+        .await
+        .unwrap();
+    let mut next_named = async |want: &'static str| loop {
+        let r = sse.record().await;
+        if r.event.as_deref() == Some(want) {
+            break serde_json::from_str::<Value>(&r.data.unwrap()).unwrap();
+        }
+    };
+    let state = next_named("presence_state").await;
+    assert_eq!(state["members"], json!([]));
+    let mut c = gw.ready("walt").await;
+    c.send(json!({"type": "presence_enter", "room": "chat:1", "metadata": {"name": "Walt"}}))
+        .await;
+    let joined = next_named("presence").await;
+    assert_eq!(
+        (joined["action"].as_str(), joined["userId"].as_str()),
+        (Some("member_added"), Some("walt"))
+    );
+    gw.engine()
+        .publish_ephemeral(zps_core::EphemeralRequest {
+            room: zps_core::Room::parse("chat:1").unwrap(),
+            event_type: "typing".into(),
+            payload: serde_json::value::to_raw_value(&json!({"who": "server"})).unwrap(),
+            metadata: None,
+            origin: None,
+        })
+        .await
+        .unwrap();
+    let typing = next_named("ephemeral").await;
+    assert_eq!(typing["data"]["type"], "typing", "{typing}");
+}
