@@ -6,13 +6,35 @@ import { gzipSync } from 'node:zlib';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 
 const demo = process.argv.includes('--demo');
+/** Property names used only inside the client (checked against protocol.ts, types.ts, api.ts and the public interfaces). */
+const internalProps = `
+    ackDue anchored awaiting busy canRequest catchUp conn enterMsg entered forget items lastRequest
+    nextExpected notices outstanding overflowed pendingLen pushDiscontinuity reserve resubscribeAt
+    schedule sendFrame sendSubscribe sendWithProvider settle starved synced tokenWait verifyReset
+    watchers onReady onDisconnect onSubscribed onEvent onReplay onReplayError flushAcks pollReplay
+    wantsTimer deadline popReady skipThrough resumePosition sentPosition viaWildcard tune sink
+    onState onChangeMessage handle unblock remove confirm io report wake throttleMs pageSize
+    maxBuffer lastSeen due pushNotice drain offer missing confirmed handler opts exact patterns
+    acks answered after accepts full refuse run online waiters wait tracks states closed blocked
+    next queue reset sent timer order onGap fail owner slot removeAll tick msg discontinuity
+`.trim().split(/\s+/);
 const common = { bundle: true, format: 'esm', minify: true, target: ['es2022'], platform: 'neutral', legalComments: 'none' };
 
 if (!demo) {
   rmSync('dist', { recursive: true, force: true });
   execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });
   // Code splitting: SSE and compact frames become chunks loaded on first use.
-  await build({ ...common, entryPoints: { 'zps.min': 'src/index.ts' }, outdir: 'dist', splitting: true, chunkNames: 'zps-[name]-[hash].min' });
+  // Smaller core: internal property names (never in protocol messages, options or
+  // public objects) are mangled, and class fields use assignment semantics.
+  await build({
+    ...common,
+    entryPoints: { 'zps.min': 'src/index.ts' },
+    outdir: 'dist',
+    splitting: true,
+    chunkNames: 'zps-[name]-[hash].min',
+    mangleProps: new RegExp(`^(${internalProps.join('|')})$`),
+    tsconfigRaw: { compilerOptions: { useDefineForClassFields: false } },
+  });
   await build({ ...common, entryPoints: ['src/react.ts'], outfile: 'dist/react.min.js', external: ['react'] });
   const sizes = {};
   for (const f of readdirSync('dist').filter((f) => f.endsWith('.min.js'))) {

@@ -417,7 +417,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     },
     positions() {
       const out: Record<string, RoomPosition> = {};
-      for (const [room, t] of subs.rooms) if (!t.viaWildcard) out[room] = t.position();
+      for (const [room, t] of subs.tracks) if (!t.viaWildcard) out[room] = t.position();
       return out;
     },
     connected() {

@@ -39,15 +39,15 @@ interface RoomState {
 
 /** Presence state of every room the client entered or watches. */
 export class PresenceSet {
-  private rooms = new Map<string, RoomState>();
+  private states = new Map<string, RoomState>();
 
   constructor(private readonly io: PresenceIo) {}
 
-  private state(room: string): RoomState {
-    let s = this.rooms.get(room);
+  private slot(room: string): RoomState {
+    let s = this.states.get(room);
     if (!s) {
       s = { members: new Map(), entered: undefined, watchers: new Set(), waiters: [], synced: false };
-      this.rooms.set(room, s);
+      this.states.set(room, s);
     }
     return s;
   }
@@ -78,21 +78,21 @@ export class PresenceSet {
   }
 
   private forget(room: string, s: RoomState): void {
-    if (!s.entered && !s.watchers.size && !s.waiters.length) this.rooms.delete(room);
+    if (!s.entered && !s.watchers.size && !s.waiters.length) this.states.delete(room);
   }
 
   /** The handle of `room`. */
   handle(room: string): Presence {
     return {
       enter: (metadata) => {
-        const s = this.state(room);
+        const s = this.slot(room);
         s.entered = { metadata };
         const p = this.wait(s);
         this.send(this.enterMsg(room, s));
         return p;
       },
       leave: async () => {
-        const s = this.state(room);
+        const s = this.slot(room);
         if (!s.entered) return;
         s.entered = undefined;
         this.send({ type: 'presence_leave', room });
@@ -104,7 +104,7 @@ export class PresenceSet {
         }
       },
       members: async () => {
-        const s = this.state(room);
+        const s = this.slot(room);
         if (s.synced) return [...s.members.values()];
         const p = this.wait(s);
         this.send(s.entered ? this.enterMsg(room, s) : { type: 'presence_subscribe', room });
@@ -119,7 +119,7 @@ export class PresenceSet {
         }
       },
       onChange: (cb) => {
-        const s = this.state(room);
+        const s = this.slot(room);
         s.watchers.add(cb);
         if (s.synced) cb([...s.members.values()], { kind: 'members', room, members: [...s.members.values()] });
         else if (!s.entered && s.watchers.size === 1) this.send({ type: 'presence_subscribe', room });
@@ -135,7 +135,7 @@ export class PresenceSet {
 
   /** A connection became ready: re-enter and re-watch. */
   onReady(): void {
-    for (const [room, s] of this.rooms) {
+    for (const [room, s] of this.states) {
       if (s.entered) this.io.send(this.enterMsg(room, s));
       else if (s.watchers.size || s.waiters.length) this.io.send({ type: 'presence_subscribe', room });
     }
@@ -143,12 +143,12 @@ export class PresenceSet {
 
   /** The connection dropped: the server forgot this connection's presence. */
   onDisconnect(): void {
-    for (const s of this.rooms.values()) s.synced = false;
+    for (const s of this.states.values()) s.synced = false;
   }
 
   /** A `presence_state` answer: the full member list. */
   onState(room: string, members: PresenceMember[] | undefined): void {
-    const s = this.rooms.get(room);
+    const s = this.states.get(room);
     if (!s || !members) return;
     s.members = new Map(members.map((m) => [m.userId, m]));
     s.synced = true;
@@ -159,7 +159,7 @@ export class PresenceSet {
 
   /** A `presence` change. */
   onChangeMessage(room: string, action: string, userId: string, member: PresenceMember | undefined): void {
-    const s = this.rooms.get(room);
+    const s = this.states.get(room);
     if (!s) return;
     const left = /removed|left|leave/.test(action);
     if (left) s.members.delete(userId);
@@ -171,7 +171,7 @@ export class PresenceSet {
 
   /** Fails waiting calls (the client closed). */
   close(err: Error): void {
-    for (const s of this.rooms.values()) for (const w of s.waiters.splice(0)) w.reject(err);
-    this.rooms.clear();
+    for (const s of this.states.values()) for (const w of s.waiters.splice(0)) w.reject(err);
+    this.states.clear();
   }
 }

@@ -163,7 +163,7 @@ export class RoomTrack {
   }
 
   /** A mid-stream `discontinuity`: the history restarted at `earliestSequence`. */
-  onDiscontinuity(d: DiscontinuityMessage, now: number): void {
+  onGap(d: DiscontinuityMessage, now: number): void {
     if (!this.confirmed) return;
     this.pushDiscontinuity(parseReason(d.reason), d.epoch, d.earliestSequence);
     this.t.reset(Math.max(0, d.earliestSequence - 1));

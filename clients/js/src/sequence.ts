@@ -11,7 +11,7 @@ export type Offer = 'accepted' | 'duplicate' | 'gap' | 'overflow';
 export class SequenceTracker<T extends { sequence: number }> {
   private next: number;
   /** Buffered sequences, ascending. */
-  private keys: number[] = [];
+  private order: number[] = [];
   private items = new Map<number, T>();
   private readonly max: number;
 
@@ -32,16 +32,16 @@ export class SequenceTracker<T extends { sequence: number }> {
 
   /** How many items wait (behind a hole, or ready to pop). */
   get pendingLen(): number {
-    return this.keys.length;
+    return this.order.length;
   }
 
   /** Offers an item from any source (live, catch-up, replay page). */
   offer(item: T): Offer {
     const seq = item.sequence;
     if (seq < this.next || this.items.has(seq)) return 'duplicate';
-    if (seq > this.next && this.keys.length >= this.max) return 'overflow';
+    if (seq > this.next && this.order.length >= this.max) return 'overflow';
     this.items.set(seq, item);
-    const k = this.keys;
+    const k = this.order;
     if (k.length === 0 || seq > k[k.length - 1]!) k.push(seq);
     else {
       let lo = 0;
@@ -58,8 +58,8 @@ export class SequenceTracker<T extends { sequence: number }> {
 
   /** The next in-order item, if it has arrived. */
   popReady(): T | undefined {
-    if (this.keys[0] !== this.next) return undefined;
-    this.keys.shift();
+    if (this.order[0] !== this.next) return undefined;
+    this.order.shift();
     const item = this.items.get(this.next)!;
     this.items.delete(this.next++);
     return item;
@@ -67,7 +67,7 @@ export class SequenceTracker<T extends { sequence: number }> {
 
   /** The hole `[from, to]` in front of the buffered items, if any. */
   missing(): [number, number] | undefined {
-    const first = this.keys[0];
+    const first = this.order[0];
     return first !== undefined && first > this.next ? [this.next, first - 1] : undefined;
   }
 
@@ -75,13 +75,13 @@ export class SequenceTracker<T extends { sequence: number }> {
   skipThrough(sequence: number): void {
     if (sequence < this.next) return;
     this.next = sequence + 1;
-    while (this.keys.length && this.keys[0]! < this.next) this.items.delete(this.keys.shift()!);
+    while (this.order.length && this.order[0]! < this.next) this.items.delete(this.order.shift()!);
   }
 
   /** Starts over (a new history, or a new anchor): nothing buffered. */
   reset(lastDelivered: number): void {
     this.next = lastDelivered + 1;
-    this.keys = [];
+    this.order = [];
     this.items.clear();
   }
 }

@@ -80,7 +80,7 @@ class Sub implements RoomSink, Subscription {
     readonly target: string,
     private readonly handler: EventHandler,
     readonly opts: SubscribeOptions,
-    private readonly set: SubscriptionSet,
+    private readonly owner: SubscriptionSet,
   ) {
     this.ready = new Promise((res, rej) => (this.settle = [res, rej]));
     this.ready.catch(() => {}); // a refusal is also reported; never an unhandled rejection
@@ -115,7 +115,7 @@ class Sub implements RoomSink, Subscription {
   }
 
   /** The client closed: an unconfirmed `ready` rejects (a confirmed one stays resolved). */
-  abort(err: Error): void {
+  fail(err: Error): void {
     this.settle[1](err);
   }
 
@@ -126,40 +126,40 @@ class Sub implements RoomSink, Subscription {
         if (item.kind === 'event') {
           const r = this.handler(item.event);
           if (r && typeof (r as Promise<void>).then === 'function') await r;
-          if (this.opts.ackMode !== 'manual' && !this.closed) this.set.ack(item.event.room, item.event.sequence);
+          if (this.opts.ackMode !== 'manual' && !this.closed) this.owner.ack(item.event.room, item.event.sequence);
         } else if (item.kind === 'discontinuity') {
           if (this.opts.onDiscontinuity) this.opts.onDiscontinuity(item.discontinuity);
-          else this.set.io.report(new ZpsError('discontinuity', `${item.discontinuity.room}: ${item.discontinuity.reason}, continuing at #${item.discontinuity.earliestSequence}`));
+          else this.owner.io.report(new ZpsError('discontinuity', `${item.discontinuity.room}: ${item.discontinuity.reason}, continuing at #${item.discontinuity.earliestSequence}`));
         } else {
           this.refuse(item.error);
         }
       } catch (e) {
-        this.set.io.report(e instanceof Error ? e : new Error(String(e)));
+        this.owner.io.report(e instanceof Error ? e : new Error(String(e)));
       }
       if (this.starved && this.queue.length < QUEUE_MAX / 2) {
         this.starved = false;
-        this.set.unblock(this);
+        this.owner.unblock(this);
       }
     }
     this.busy = false;
   }
 
   ack(sequence: number, room?: string): void {
-    this.set.ack(room ?? this.target, sequence);
+    this.owner.ack(room ?? this.target, sequence);
   }
 
   position(room?: string): RoomPosition | undefined {
-    return this.set.rooms.get(room ?? this.target)?.position();
+    return this.owner.tracks.get(room ?? this.target)?.position();
   }
 
   unsubscribe(): void {
-    this.set.remove(this);
+    this.owner.remove(this);
   }
 }
 
 /** Every durable subscription of one client, and its rooms' delivery state. */
 export class SubscriptionSet {
-  readonly rooms = new Map<string, RoomTrack>();
+  readonly tracks = new Map<string, RoomTrack>();
   private readonly exact = new Map<string, Sub>();
   private readonly patterns = new Map<string, Sub>();
   private acks = new Map<string, number>();
@@ -195,7 +195,7 @@ export class SubscriptionSet {
     this.exact.set(target, sub);
     const register = (start: StartAt) => {
       if (sub.closed) return;
-      this.rooms.set(target, new RoomTrack(target, sub, false, this.io.tune, Date.now(), start));
+      this.tracks.set(target, new RoomTrack(target, sub, false, this.io.tune, Date.now(), start));
       if (this.io.online()) this.sendSubscribe([target]);
     };
     if (opts.fromSequence !== undefined) register({ sequence: opts.fromSequence, epoch: opts.epoch });
@@ -229,7 +229,7 @@ export class SubscriptionSet {
   /** Asks the room token provider, then subscribes (if still wanted on the same connection). */
   private sendWithProvider(room: string, sub: Sub, provider: () => string | Promise<string>): void {
     const conn = this.conn;
-    const current = () => !sub.closed && conn === this.conn && this.io.online() && this.rooms.get(room)?.sink === sub;
+    const current = () => !sub.closed && conn === this.conn && this.io.online() && this.tracks.get(room)?.sink === sub;
     this.tokenWait.add(room);
     Promise.resolve()
       .then(provider)
@@ -256,7 +256,7 @@ export class SubscriptionSet {
     const epochs: Record<string, string> = {};
     let any = false;
     for (const room of rooms) {
-      const t = this.rooms.get(room);
+      const t = this.tracks.get(room);
       if (!t || t.viaWildcard) continue;
       t.confirmed = false;
       t.sentPosition = undefined;
@@ -280,7 +280,7 @@ export class SubscriptionSet {
 
   /** A connection became ready: resubscribe everything from its position, send held acks. */
   onReady(): void {
-    const targets = [...this.rooms.values()].filter((t) => !t.viaWildcard).map((t) => t.room);
+    const targets = [...this.tracks.values()].filter((t) => !t.viaWildcard).map((t) => t.room);
     for (const scope of this.patterns.keys()) targets.push(`${scope}:*`);
     this.resubscribeAt.clear();
     if (targets.length) this.sendSubscribe(targets);
@@ -293,7 +293,7 @@ export class SubscriptionSet {
     this.conn++;
     this.awaiting.clear();
     this.tokenWait.clear();
-    for (const t of this.rooms.values()) t.onDisconnect();
+    for (const t of this.tracks.values()) t.onDisconnect();
   }
 
   onSubscribed(s: SubscribedMessage): void {
@@ -302,7 +302,7 @@ export class SubscriptionSet {
       return;
     }
     if (this.answered(s.room)) return; // an older frame's answer: the newest one follows
-    const t = this.rooms.get(s.room);
+    const t = this.tracks.get(s.room);
     if (!t || t.viaWildcard) return;
     t.onSubscribed(s, Date.now());
     this.exact.get(s.room)?.confirm();
@@ -319,26 +319,26 @@ export class SubscriptionSet {
 
   onEvent(e: RealtimeEvent): void {
     const now = Date.now();
-    let t = this.rooms.get(e.room);
+    let t = this.tracks.get(e.room);
     if (t) {
       if (!t.confirmed) return; // before this connection's `subscribed`: the catch-up re-sends it
     } else {
       const sub = this.patterns.get(scopeOf(e.room));
       if (!sub) return;
       t = new RoomTrack(e.room, sub, true, this.io.tune, now);
-      this.rooms.set(e.room, t);
+      this.tracks.set(e.room, t);
     }
     t.onEvent(e, now);
     this.after();
   }
 
   onReplay(page: ReplayMessage): void {
-    this.rooms.get(page.room)?.onReplay(page, Date.now());
+    this.tracks.get(page.room)?.onReplay(page, Date.now());
     this.after();
   }
 
   onDiscontinuity(d: DiscontinuityMessage): void {
-    this.rooms.get(d.room)?.onDiscontinuity(d, Date.now());
+    this.tracks.get(d.room)?.onGap(d, Date.now());
     this.after();
   }
 
@@ -346,12 +346,12 @@ export class SubscriptionSet {
   onError(m: ErrorMessage): boolean {
     const now = Date.now();
     if (m.requestId) {
-      for (const t of this.rooms.values()) if (t.onReplayError(m.requestId, now)) return this.after(), true;
+      for (const t of this.tracks.values()) if (t.onReplayError(m.requestId, now)) return this.after(), true;
     }
     if (!m.room || m.code === '4404') return false;
     const err = new ServerError(m.code, m.message, m.room, m.requestId);
     const pattern = m.room.endsWith(':*') ? this.patterns.get(scopeOf(m.room)) : undefined;
-    const t = this.rooms.get(m.room);
+    const t = this.tracks.get(m.room);
     if (pattern && !pattern.confirmed) {
       pattern.refuse(err);
       this.remove(pattern, false);
@@ -395,7 +395,7 @@ export class SubscriptionSet {
     const acks = this.acks;
     this.acks = new Map();
     for (const [room, sequence] of acks) {
-      const t = this.rooms.get(room);
+      const t = this.tracks.get(room);
       if (t && !t.viaWildcard) void Promise.resolve(this.io.store.save(room, { sequence, epoch: t.epoch })).catch(() => {});
       if (this.io.online() && !this.tokenWait.has(room)) this.io.send({ type: 'ack', room, sequence });
       else this.acks.set(room, sequence);
@@ -405,7 +405,7 @@ export class SubscriptionSet {
   /** The subscription's queue has room again: hand over what its rooms hold. */
   unblock(sub: Sub): void {
     const now = Date.now();
-    for (const t of this.rooms.values()) if (t.sink === sub && t.blocked) t.drain(now);
+    for (const t of this.tracks.values()) if (t.sink === sub && t.blocked) t.drain(now);
     this.after();
   }
 
@@ -416,13 +416,13 @@ export class SubscriptionSet {
     sub.closed = true;
     const wildcard = sub.target.endsWith(':*');
     // An exact room registers once its cursor is loaded: before that, nothing was subscribed.
-    if (!wildcard && this.rooms.get(sub.target)?.sink !== sub) tell = false;
+    if (!wildcard && this.tracks.get(sub.target)?.sink !== sub) tell = false;
     if (wildcard) this.patterns.delete(scopeOf(sub.target));
     else this.exact.delete(sub.target);
-    for (const [room, t] of this.rooms) {
+    for (const [room, t] of this.tracks) {
       if (t.sink === sub) {
         t.closed = true;
-        this.rooms.delete(room);
+        this.tracks.delete(room);
       }
     }
     if (tell && this.io.online()) this.io.send({ type: 'unsubscribe', rooms: [sub.target] });
@@ -432,7 +432,7 @@ export class SubscriptionSet {
   removeAll(err: Error): void {
     for (const s of [...this.exact.values(), ...this.patterns.values()]) {
       this.remove(s, false);
-      s.abort(err);
+      s.fail(err);
     }
   }
 
@@ -449,11 +449,11 @@ export class SubscriptionSet {
     for (const [room, when] of this.resubscribeAt) {
       if (now >= when) {
         this.resubscribeAt.delete(room);
-        if (this.rooms.has(room)) again.push(room);
+        if (this.tracks.has(room)) again.push(room);
       } else at(when);
     }
     if (again.length) this.sendSubscribe(again);
-    for (const t of this.rooms.values()) {
+    for (const t of this.tracks.values()) {
       const req = t.pollReplay(now, () => `zr${++this.seq}`);
       if (req) this.io.send(req);
       at(t.deadline());

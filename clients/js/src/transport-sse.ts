@@ -55,8 +55,10 @@ interface Stream {
   es: EventSourceLike;
   /** Rooms and patterns whose durable events this stream delivers. */
   durable: Set<string>;
-  /** Rooms and patterns it carries for ephemeral events and presence only. */
+  /** Rooms and patterns it carries for ephemeral events (`kind` `e`) or presence (`p`) only. */
   carrier: Set<string>;
+  /** `e`: opened with `ephemeral=1`; `p`: with `presence=1`. */
+  kind?: 'e' | 'p' | undefined;
   connectionId?: string;
   waiters: ((id: string | undefined) => void)[];
 }
@@ -130,12 +132,13 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     return text ? JSON.parse(text) : undefined;
   };
 
-  const url = (rooms: string[], from?: number, epoch?: string, withSubscriber = true): string => {
+  const url = (rooms: string[], from?: number, epoch?: string, kind?: 'e' | 'p'): string => {
     const q = new URLSearchParams();
     for (const r of rooms) q.append('room', r);
+    if (kind) q.set(kind === 'e' ? 'ephemeral' : 'presence', '1');
     if (from !== undefined) q.set('fromSequence', String(from));
     if (epoch !== undefined) q.set('epoch', epoch);
-    if (withSubscriber) q.set('subscriberId', subscriberId);
+    q.set('subscriberId', subscriberId);
     if (token) q.set('token', token);
     for (const r of rooms) {
       const t = roomTokens.get(r);
@@ -144,9 +147,9 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     return `${cfg.baseUrl}/events?${q}`;
   };
 
-  /** The stream that delivers ephemeral events and presence of `room` (the oldest covering it). */
-  const owner = (room: string): Stream | undefined =>
-    streams.find((s) => matches(s.durable, room) || matches(s.carrier, room));
+  /** The stream that delivers ephemeral events (`e`, rooms or patterns) or presence (`p`, exact rooms) of `room`: the oldest. */
+  const owner = (room: string, kind: 'e' | 'p'): Stream | undefined =>
+    streams.find((s) => s.kind === kind && (kind === 'e' ? matches(s.carrier, room) : s.carrier.has(room)));
 
   /** After a failed start, asks the same URL once more to learn why (EventSource hides HTTP statuses). */
   const diagnose = async (href: string, rooms: string[]) => {
@@ -176,10 +179,10 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     lost(1006, 'event stream failed');
   };
 
-  const open = (durable: string[], carrier: string[], from?: number, epoch?: string) => {
-    const href = url([...durable, ...carrier], from, epoch);
+  const open = (durable: string[], carrier: string[], from?: number, epoch?: string, kind?: 'e' | 'p'): Stream => {
+    const href = url([...durable, ...carrier], from, epoch, kind);
     const es = new cfg.EventSource(href);
-    const s: Stream = { es, durable: new Set(durable), carrier: new Set(carrier), waiters: [] };
+    const s: Stream = { es, durable: new Set(durable), carrier: new Set(carrier), kind, waiters: [] };
     let opened = false;
     streams.push(s);
     const record = (name: string, fn: (m: Record<string, unknown>) => void) =>
@@ -207,10 +210,12 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
     });
     record('ephemeral', (m) => {
       const data = (m.type === 'ephemeral' ? m.data : m) as { room: string };
-      if (data && owner(data.room) === s) emit({ type: 'ephemeral', data } as ServerMessage);
+      if (data && owner(data.room, 'e') === s) emit({ type: 'ephemeral', data } as ServerMessage);
     });
+    // Changes only: the member lists come from the HTTP answers (a stream's own
+    // `presence_state` would otherwise be taken for the answer to an enter).
     record('presence', (m) => {
-      if (owner(String(m.room)) === s) emit({ ...(m as object), type: 'presence' } as ServerMessage);
+      if (owner(String(m.room), 'p') === s) emit({ ...(m as object), type: 'presence' } as ServerMessage);
     });
     es.onerror = (ev: { data?: unknown }) => {
       // A server `event: error` record is a message (handled above), not a failure of the stream.
@@ -219,12 +224,13 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
       if (opened) lost(1006, 'event stream interrupted');
       else void diagnose(href, [...durable, ...carrier]);
     };
+    return s;
   };
 
   /** Stops delivering `rooms` from existing streams (a re-subscribe moves them to a new one). */
-  const release = (rooms: string[], ephemeral: boolean) => {
+  const release = (rooms: string[], kind?: 'e' | 'p') => {
     for (const s of [...streams]) {
-      for (const r of rooms) (ephemeral ? s.carrier : s.durable).delete(r);
+      for (const r of rooms) (!kind ? s.durable : s.kind === kind ? s.carrier : undefined)?.delete(r);
       if (s.durable.size + s.carrier.size === 0) {
         s.es.close();
         streams.splice(streams.indexOf(s), 1);
@@ -276,7 +282,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
         queueMicrotask(() => emit({ type: 'ready', subscriberId }));
         return;
       case 'subscribe': {
-        release(msg.rooms, false);
+        release(msg.rooms);
         for (const r of msg.rooms) {
           if (msg.roomToken !== undefined) roomTokens.set(r, msg.roomToken);
           else roomTokens.delete(r);
@@ -293,14 +299,13 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
         const eph = msg.type === 'unsubscribe_ephemeral';
         if (!eph && batch) batch.rooms = batch.rooms.filter((r) => !msg.rooms.includes(r));
         if (!eph) for (const r of msg.rooms) roomTokens.delete(r);
-        release(msg.rooms, eph);
+        release(msg.rooms, eph ? 'e' : undefined);
         for (const room of msg.rooms) emit({ type: 'unsubscribed', room });
         return;
       }
       case 'subscribe_ephemeral': {
-        const fresh = msg.rooms.filter((r) => !owner(r));
-        if (fresh.length) open([], fresh);
-        for (const s of streams) for (const r of msg.rooms) if (!fresh.includes(r)) s.carrier.add(r);
+        const fresh = msg.rooms.filter((r) => !owner(r, 'e'));
+        if (fresh.length) open([], fresh, undefined, undefined, 'e');
         for (const room of msg.rooms) emit({ type: 'subscribed_ephemeral', room });
         return;
       }
@@ -344,12 +349,8 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
       case 'presence_leave': {
         const { room } = msg;
         const enter = msg.type === 'presence_enter';
-        let s = owner(room);
-        if (!s) {
-          open([], [room]);
-          s = streams[streams.length - 1]!;
-        }
-        const stream = s;
+        // Entering watches the room's changes too (as on a WebSocket): the `presence=1` stream's connection enters.
+        const stream = owner(room, 'p') ?? open([], [room], undefined, undefined, 'p');
         new Promise<string | undefined>((resolve) => {
           if (stream.connectionId) return resolve(stream.connectionId);
           stream.waiters.push(resolve);
@@ -365,13 +366,16 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
               const members = (p as { members?: [] } | undefined)?.members;
               emit(enter && members ? { type: 'presence_state', room, members } : { type: 'presence_state', room });
             },
-            (e) => fail(e, room),
+            (e) => {
+              if (streams.includes(stream)) fail(e, room);
+            },
           );
         return;
       }
       case 'presence_subscribe': {
-        // Over SSE only an entered room streams changes: this answers the current members once.
+        // A `presence=1` stream sends the changes; the members come from the HTTP answer.
         const { room } = msg;
+        if (!owner(room, 'p')) open([], [room], undefined, undefined, 'p');
         http('GET', `/rooms/${encodeURIComponent(room)}/presence`, undefined, room).then(
           (p) => emit({ type: 'presence_state', room, members: (p as { members: [] }).members }),
           (e) => fail(e, room),
@@ -379,6 +383,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
         return;
       }
       case 'presence_unsubscribe':
+        release([msg.room], 'p');
         return emit({ type: 'unsubscribed', room: msg.room });
       case 'refresh_token':
         token = msg.token;

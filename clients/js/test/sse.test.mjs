@@ -13,9 +13,31 @@ const make = (opts = {}) => {
   return c;
 };
 
+let streamsExtras = false;
 before(async () => {
   gw = await startGateway(['--allow-client-publish']);
+  // Whether this gateway binary carries presence (and ephemeral) on /events (`presence=1`).
+  const ctl = new AbortController();
+  try {
+    const res = await fetch(`${gw.http}/events?room=chat%3Aprobe&presence=1&subscriberId=probe`, { signal: ctl.signal });
+    const reader = res.body.getReader();
+    let text = '';
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline && !text.includes('presence_state')) {
+      const r = await Promise.race([reader.read(), sleep(deadline - Date.now()).then(() => ({ done: true }))]);
+      if (r.done) break;
+      text += new TextDecoder().decode(r.value);
+    }
+    streamsExtras = text.includes('presence_state');
+  } catch {}
+  ctl.abort();
 });
+// The gateway under test must stream ephemeral events and presence: a binary
+// that does not is a failure, never a skip.
+const needExtras = () => {
+  assert.ok(streamsExtras, 'the gateway ignores ephemeral=1 / presence=1 on /events (stale ZPS_GATEWAY_BIN?)');
+  return false;
+};
 after(async () => {
   for (const c of clients) await c.close();
   await gw?.stop();
@@ -99,6 +121,46 @@ test('SSE: publishEphemeral goes over HTTP to WebSocket ephemeral subscribers', 
   await c.publishEphemeral('chat:sse-eph', 'typing', { who: 'sse' });
   await waitFor(() => got.length === 1, 'ephemeral event');
   assert.deepEqual(got[0].payload, { who: 'sse' });
+});
+
+test('SSE: ephemeral subscriptions receive what a WebSocket client publishes (ephemeral=1)', async (t) => {
+  if (needExtras(t)) return;
+  const c = make({ transport: 'sse' });
+  const got = [];
+  c.subscribeEphemeral('chat:sse-eph-in', (e) => got.push(e));
+  await c.connected();
+  const ws = make({ WebSocket });
+  await ws.connected();
+  await waitFor(async () => {
+    await ws.publishEphemeral('chat:sse-eph-in', 'typing', { who: 'ws' });
+    await sleep(100);
+    return got.length > 0;
+  }, 'ephemeral event over SSE');
+  assert.equal(got[0].room, 'chat:sse-eph-in');
+  assert.equal(got[0].type, 'typing');
+  assert.deepEqual(got[0].payload, { who: 'ws' });
+});
+
+test('SSE: presence onChange sees a WebSocket client enter and leave (presence=1)', async (t) => {
+  if (needExtras(t)) return;
+  const c = make({ transport: 'sse', subscriberId: 'sse-watch' });
+  const lists = [];
+  const changes = [];
+  const off = c.presence('chat:sse-pw').onChange((members, change) => {
+    lists.push(members.map((m) => m.userId));
+    changes.push(change);
+  });
+  await waitFor(() => lists.length > 0, 'initial presence_state');
+  assert.deepEqual(lists.at(-1), []);
+  const ws = make({ WebSocket, subscriberId: 'ws-member' });
+  await ws.presence('chat:sse-pw').enter({ name: 'W' });
+  await waitFor(() => lists.at(-1)?.includes('ws-member'), 'member_added');
+  assert.ok(changes.some((ch) => ch.kind === 'joined' && ch.userId === 'ws-member'));
+  assert.deepEqual((await c.presence('chat:sse-pw').members()).map((m) => m.userId), ['ws-member']);
+  await ws.presence('chat:sse-pw').leave();
+  await waitFor(() => lists.at(-1)?.length === 0, 'member_removed');
+  assert.ok(changes.some((ch) => ch.kind === 'left' && ch.userId === 'ws-member'));
+  off();
 });
 
 test('transport auto falls back to SSE when the WebSocket never opens', async () => {
