@@ -7,8 +7,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
-use support::{BIN, Gateway};
+use support::spawn_gateway;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Ca {
@@ -81,29 +80,12 @@ async fn tls_serves_wss_and_https_and_reloads_on_sighup() {
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
 
-    let mut child = Command::new(BIN)
-        .args(["gateway", "--port", "0", "--tls-cert"])
-        .arg(&cert_file)
-        .arg("--tls-key")
-        .arg(&key_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("wss://"))
-        .unwrap_or_else(|| panic!("no wss:// address in {line:?}"))
-        .to_owned();
-    let pid = child.id();
-    let gw = Gateway {
-        child,
-        ws: url.clone(),
-    };
+    let (cert_arg, key_arg) = (cert_file.to_str().unwrap(), key_file.to_str().unwrap());
+    let gw = spawn_gateway(
+        &["--port", "0", "--tls-cert", cert_arg, "--tls-key", key_arg],
+        &[],
+    );
+    let (url, pid) = (gw.ws.clone(), gw.child.id());
     let port: u16 = url
         .trim_start_matches("wss://127.0.0.1:")
         .trim_end_matches("/ws")

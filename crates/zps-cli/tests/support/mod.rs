@@ -69,8 +69,8 @@ pub(crate) fn spawn_gateway<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -
         .unwrap();
     let ws = line
         .split_whitespace()
-        .find(|w| w.starts_with("ws://"))
-        .unwrap_or_else(|| panic!("no ws:// address in {line:?}"))
+        .find(|w| w.starts_with("ws://") || w.starts_with("wss://"))
+        .unwrap_or_else(|| panic!("no ws:// or wss:// address in {line:?}"))
         .to_owned();
     Gateway { child, ws }
 }

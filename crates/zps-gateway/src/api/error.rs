@@ -123,69 +123,35 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body whose rejections answer in the API's error shape.
-#[derive(Debug)]
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct Body<T>(pub(crate) T);
 
-impl<S, T> axum::extract::FromRequest<S> for Body<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let Json(v) = Json::<T>::from_request(req, state).await?;
-        Ok(Self(v))
-    }
-}
-
 /// Query strings parsed with the API's error shape.
-#[derive(Debug)]
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct Query<T>(pub(crate) T);
 
-impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
+/// Path parameters parsed with the API's error shape.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub(crate) struct Path<T>(pub(crate) T);
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Self(v)),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::Malformed,
-                zps_protocol::bounded(&format!("invalid query: {}", e.body_text())),
-            )),
-        }
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(r: axum::extract::rejection::QueryRejection) -> Self {
+        Self::new(
+            ErrorCode::Malformed,
+            zps_protocol::bounded(&format!("invalid query: {}", r.body_text())),
+        )
     }
 }
 
-/// Path parameters parsed with the API's error shape.
-#[derive(Debug)]
-pub(crate) struct Path<T>(pub(crate) T);
-
-impl<S, T> axum::extract::FromRequestParts<S> for Path<T>
-where
-    T: serde::de::DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(Self(v)),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::Malformed,
-                zps_protocol::bounded(&format!("invalid path: {}", e.body_text())),
-            )),
-        }
+impl From<axum::extract::rejection::PathRejection> for ApiError {
+    fn from(r: axum::extract::rejection::PathRejection) -> Self {
+        Self::new(
+            ErrorCode::Malformed,
+            zps_protocol::bounded(&format!("invalid path: {}", r.body_text())),
+        )
     }
 }
 
