@@ -124,6 +124,17 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let engine = builder.build();
     let config = gateway_config(&settings)?;
     let gateway = Gateway::new(engine, config).context("invalid gateway configuration")?;
+    if let Some(url) = &settings.jwt_jwks_url {
+        let n = gateway
+            .load_keys()
+            .await
+            .with_context(|| format!("cannot load the token keys from --jwt-jwks-url {url}"))?;
+        tracing::info!(
+            keys = n,
+            "JWKS loaded; refreshed every {:?}",
+            settings.jwt_jwks_refresh
+        );
+    }
 
     let addr = format!("{}:{}", settings.host, settings.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -151,7 +162,10 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::info!(
         provider = settings.provider.kind.as_str(),
-        auth = if settings.jwt_secret.is_some() || settings.jwt_public_key.is_some() {
+        auth = if settings.jwt_secret.is_some()
+            || settings.jwt_public_key.is_some()
+            || settings.jwt_jwks_url.is_some()
+        {
             "jwt"
         } else {
             "none"
@@ -186,14 +200,20 @@ async fn run_gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
-    let jwt = match (&s.jwt_secret, &s.jwt_public_key) {
-        (Some(secret), _) => Some(JwtKey::Hs256(secret.as_bytes().to_vec())),
-        (None, Some(path)) => {
+    let jwt = match (&s.jwt_secret, &s.jwt_public_key, &s.jwt_jwks_url) {
+        (Some(secret), _, _) => Some(JwtKey::Hs256(secret.as_bytes().to_vec())),
+        (None, Some(path), _) => {
             let pem = std::fs::read(path)
                 .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?;
             Some(public_key(pem).with_context(|| format!("unusable public key in {}", path.display()))?)
         }
-        (None, None) => None,
+        (None, None, Some(url)) => {
+            let mut jwks = zps_gateway::jwks::JwksConfig::new(url.clone());
+            jwks.refresh_every = s.jwt_jwks_refresh;
+            jwks.ca_pem = s.provider.ca_pem()?;
+            Some(JwtKey::Jwks(jwks))
+        }
+        (None, None, None) => None,
     };
     let mut config = GatewayConfig {
         limits: s.limits.clone(),

@@ -33,6 +33,7 @@ pub(crate) fn postgres_config(s: &ProviderSettings) -> zps_postgres::PostgresCon
     zps_postgres::PostgresConfig {
         schema: s.postgres_schema.clone(),
         auto_migrate: s.auto_migrate,
+        ssl_root_cert: s.ca_file.clone(),
         ..zps_postgres::PostgresConfig::default()
     }
 }
@@ -45,13 +46,17 @@ async fn postgres(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tra
 }
 
 /// The Redis settings for this run; `fanout_only` for the hybrid's realtime leg.
-pub(crate) fn redis_config(s: &ProviderSettings, fanout_only: bool) -> zps_redis::RedisConfig {
-    let config = zps_redis::RedisConfig::with_prefix(s.redis_prefix.as_deref().unwrap_or("realtime:"));
-    if fanout_only { config.fanout_only() } else { config }
+pub(crate) fn redis_config(
+    s: &ProviderSettings,
+    fanout_only: bool,
+) -> anyhow::Result<zps_redis::RedisConfig> {
+    let mut config = zps_redis::RedisConfig::with_prefix(s.redis_prefix.as_deref().unwrap_or("realtime:"));
+    config.tls_ca_pem = s.ca_pem()?;
+    Ok(if fanout_only { config.fanout_only() } else { config })
 }
 
 async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Result<Arc<dyn Transport>> {
-    let t = zps_redis::RedisTransport::connect(url, redis_config(s, fanout_only))
+    let t = zps_redis::RedisTransport::connect(url, redis_config(s, fanout_only)?)
         .await
         .with_context(|| format!("cannot use Redis at {}", redact(url)))?;
     Ok(Arc::new(t))
@@ -60,6 +65,7 @@ async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Re
 async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     let config = zps_mongo::MongoConfig {
         auto_create_indexes: s.auto_migrate,
+        tls_ca_file: s.ca_file.clone(),
         ..zps_mongo::MongoConfig::default()
     };
     let t = zps_mongo::MongoTransport::connect(url, config)

@@ -93,6 +93,15 @@ pub(crate) struct ProviderArgs {
     /// Create tables/indexes at start [default: true unless ZPS_ENV=production].
     #[arg(long, env = "ZERO_PUBSUB_AUTO_MIGRATE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Provider")]
     pub(crate) auto_migrate: Option<bool>,
+    /// Extra trusted root CA (PEM) for outgoing TLS: PostgreSQL (`sslmode=verify-full`), Redis
+    /// (`rediss://`), MongoDB (`tls=true`) and the JWKS endpoint [default: the system's roots].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Provider"
+    )]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// Flags of `zero-pub-sub gateway` (each also an environment variable).
@@ -222,6 +231,22 @@ pub(crate) struct GatewayArgs {
     /// Token claim with per-action grants (`{"subscribe": [...], "publish": [...], "presence": [...]}`) [default: zps].
     #[arg(long, env = "ZERO_PUBSUB_GRANTS_CLAIM", help_heading = "Auth")]
     pub(crate) grants_claim: Option<String>,
+    /// Verify tokens with the keys of this JWKS document (https://; the token's `kid` picks the key).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_JWT_JWKS_URL",
+        value_name = "URL",
+        help_heading = "Auth"
+    )]
+    pub(crate) jwt_jwks_url: Option<String>,
+    /// How often the JWKS is fetched again, in seconds [default: 300].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_JWT_JWKS_REFRESH_SECS",
+        value_name = "SECS",
+        help_heading = "Auth"
+    )]
+    pub(crate) jwt_jwks_refresh_secs: Option<u64>,
     /// Tokens must carry this issuer (`iss`).
     #[arg(long, env = "ZERO_PUBSUB_JWT_ISSUER", help_heading = "Auth")]
     pub(crate) jwt_issuer: Option<String>,
@@ -332,6 +357,7 @@ pub(crate) struct FileSettings {
     postgres_schema: Option<String>,
     redis_prefix: Option<String>,
     auto_migrate: Option<bool>,
+    ca_file: Option<PathBuf>,
     default_ttl_ms: Option<u64>,
     memory_max_events_per_room: Option<usize>,
     max_connections: Option<usize>,
@@ -348,6 +374,8 @@ pub(crate) struct FileSettings {
     max_replay_limit: Option<usize>,
     jwt_secret: Option<String>,
     jwt_public_key: Option<PathBuf>,
+    jwt_jwks_url: Option<String>,
+    jwt_jwks_refresh_secs: Option<u64>,
     scopes: Option<Vec<String>>,
     rooms_claim: Option<String>,
     grants_claim: Option<String>,
@@ -389,11 +417,21 @@ pub(crate) struct ProviderSettings {
     pub(crate) redis_prefix: Option<String>,
     /// Create tables/indexes at start (None = provider default).
     pub(crate) auto_migrate: Option<bool>,
+    /// Extra root CA for outgoing TLS.
+    pub(crate) ca_file: Option<PathBuf>,
     /// Memory history bound.
     pub(crate) memory_max_events_per_room: usize,
 }
 
 impl ProviderSettings {
+    /// The `--ca-file` contents, read once per use so a renewed CA is picked up on restart.
+    pub(crate) fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ca_file
+            .as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("cannot read --ca-file {}", p.display())))
+            .transpose()
+    }
+
     /// From flags/environment only (operational subcommands).
     pub(crate) fn from_args(a: ProviderArgs) -> Self {
         Self {
@@ -406,6 +444,7 @@ impl ProviderSettings {
             postgres_schema: a.postgres_schema,
             redis_prefix: a.redis_prefix,
             auto_migrate: a.auto_migrate,
+            ca_file: a.ca_file,
             memory_max_events_per_room: 10_000,
         }
     }
@@ -430,6 +469,10 @@ pub(crate) struct Settings {
     pub(crate) jwt_secret: Option<String>,
     /// PEM public key path.
     pub(crate) jwt_public_key: Option<PathBuf>,
+    /// JWKS URL.
+    pub(crate) jwt_jwks_url: Option<String>,
+    /// JWKS refresh schedule.
+    pub(crate) jwt_jwks_refresh: Duration,
     /// Scope allow-list.
     pub(crate) scopes: Option<Vec<String>>,
     /// Rooms claim name.
@@ -547,12 +590,15 @@ impl Settings {
                 postgres_schema: pick_provider!(postgres_schema),
                 redis_prefix: pick_provider!(redis_prefix),
                 auto_migrate: pick_provider!(auto_migrate),
+                ca_file: pick_provider!(ca_file),
                 memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
             },
             default_ttl: ms(pick!(default_ttl_ms), zps_core::engine::DEFAULT_TTL),
             limits,
             jwt_secret: pick!(jwt_secret),
             jwt_public_key: pick!(jwt_public_key),
+            jwt_jwks_url: pick!(jwt_jwks_url),
+            jwt_jwks_refresh: Duration::from_secs(pick!(jwt_jwks_refresh_secs).unwrap_or(300).max(1)),
             scopes: pick!(scopes).filter(|s| !s.is_empty()),
             rooms_claim: pick!(rooms_claim).unwrap_or_else(|| "rooms".to_owned()),
             grants_claim: pick!(grants_claim).unwrap_or_else(|| "zps".to_owned()),
@@ -582,8 +628,13 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
-            bail!("give either --jwt-secret or --jwt-public-key, not both");
+        let key_sources = [
+            self.jwt_secret.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ];
+        if key_sources.into_iter().filter(|k| *k).count() > 1 {
+            bail!("give one of --jwt-secret, --jwt-public-key or --jwt-jwks-url");
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             bail!("--jwt-secret is too short: use at least 16 characters (32 random bytes recommended)");

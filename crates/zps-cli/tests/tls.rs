@@ -12,38 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
+use support::pki::{Ca, ca, leaf};
 use support::spawn_gateway;
 use tokio_tungstenite::tungstenite::Message;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca() -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "zps test CA");
-    let key = KeyPair::generate().unwrap();
-    Ca {
-        cert: params.self_signed(&key).unwrap(),
-        key,
-    }
-}
-
-/// A leaf for 127.0.0.1 signed by `ca`: (cert PEM, key PEM, cert DER).
-fn leaf(ca: &Ca, name: &str) -> (String, String, Vec<u8>) {
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-}
 
 fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
     let _ = rustls::crypto::ring::default_provider().install_default();

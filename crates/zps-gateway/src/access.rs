@@ -142,7 +142,7 @@ pub(crate) type RoomGrants = HashMap<Room, RoomGrant>;
 
 /// Verifies a room token for a connection of `identity`: the room it opens
 /// (which must be `expected` when given) and what for.
-pub(crate) fn verify_room_token(
+pub(crate) async fn verify_room_token(
     gw: &Shared,
     identity: &Identity,
     expected: Option<&Room>,
@@ -159,7 +159,7 @@ pub(crate) fn verify_room_token(
         .verifier
         .as_ref()
         .ok_or_else(|| denied("this gateway verifies no tokens".into()))?;
-    let t = verifier.verify(token).map_err(|e| denied(e.to_string()))?;
+    let t = verifier.verify(token).await.map_err(|e| denied(e.to_string()))?;
     let grant = t
         .claims
         .get(ROOM_TOKEN_CLAIM)

@@ -8,6 +8,8 @@ use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use zps_core::RoomPattern;
 
+use crate::jwks::{JwksError, JwksKeys};
+
 /// Token claims, as decoded (any JSON object).
 pub type Claims = serde_json::Map<String, serde_json::Value>;
 
@@ -82,6 +84,8 @@ pub enum JwtKey {
     Rs256Pem(Vec<u8>),
     /// ECDSA P-256 public key (PEM).
     Es256Pem(Vec<u8>),
+    /// Keys fetched from an identity provider's JWKS endpoint, chosen by the token's `kid`.
+    Jwks(crate::jwks::JwksConfig),
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -91,6 +95,7 @@ impl std::fmt::Debug for JwtKey {
             Self::Hs256(_) => "Hs256(..)",
             Self::Rs256Pem(_) => "Rs256Pem(..)",
             Self::Es256Pem(_) => "Es256Pem(..)",
+            Self::Jwks(_) => "Jwks(..)",
         })
     }
 }
@@ -173,28 +178,59 @@ pub struct Identity {
     pub subject: Option<String>,
 }
 
-/// Verifies tokens with one key and one algorithm.
+/// Verifies tokens: one key and one algorithm, or a JWKS where the token's `kid`
+/// picks the key and the key fixes the algorithm.
 #[derive(Clone)]
 pub struct JwtVerifier {
-    key: DecodingKey,
+    keys: KeySource,
     validation: Validation,
+}
+
+#[derive(Clone)]
+enum KeySource {
+    Fixed(DecodingKey),
+    Jwks(Arc<JwksKeys>),
 }
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtVerifier")
             .field("algorithms", &self.validation.algorithms)
+            .field("jwks", &matches!(self.keys, KeySource::Jwks(_)))
             .finish()
     }
 }
 
+/// Why a verifier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A PEM key does not parse.
+    #[error(transparent)]
+    Pem(#[from] jsonwebtoken::errors::Error),
+    /// The JWKS settings are unusable.
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
+
 impl JwtVerifier {
-    /// A verifier for `key`; fails when a PEM key cannot be parsed.
-    pub fn new(key: &JwtKey, leeway: Duration) -> Result<Self, jsonwebtoken::errors::Error> {
-        let (key, alg) = match key {
-            JwtKey::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
-            JwtKey::Rs256Pem(pem) => (DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256),
-            JwtKey::Es256Pem(pem) => (DecodingKey::from_ec_pem(pem)?, Algorithm::ES256),
+    /// A verifier for `key`; fails when a PEM key cannot be parsed or a JWKS URL is not HTTPS.
+    /// A JWKS is fetched on first use (or by [`JwtVerifier::load_keys`]), then on its schedule.
+    pub fn new(key: &JwtKey, leeway: Duration) -> Result<Self, KeyError> {
+        let (keys, alg) = match key {
+            JwtKey::Hs256(secret) => (
+                KeySource::Fixed(DecodingKey::from_secret(secret)),
+                Algorithm::HS256,
+            ),
+            JwtKey::Rs256Pem(pem) => (
+                KeySource::Fixed(DecodingKey::from_rsa_pem(pem)?),
+                Algorithm::RS256,
+            ),
+            JwtKey::Es256Pem(pem) => (KeySource::Fixed(DecodingKey::from_ec_pem(pem)?), Algorithm::ES256),
+            // Replaced per token by the algorithm of the key its `kid` names.
+            JwtKey::Jwks(config) => (
+                KeySource::Jwks(Arc::new(JwksKeys::new(config.clone())?)),
+                Algorithm::RS256,
+            ),
         };
         // Exactly one algorithm: `alg: none` and algorithm confusion are refused.
         let mut validation = Validation::new(alg);
@@ -203,7 +239,7 @@ impl JwtVerifier {
         validation.leeway = leeway.as_secs();
         validation.required_spec_claims = ["exp".to_owned()].into_iter().collect();
         validation.validate_aud = false;
-        Ok(Self { key, validation })
+        Ok(Self { keys, validation })
     }
 
     /// Also requires `iss` to be `issuer` and `aud` to hold one of `audience`.
@@ -220,10 +256,50 @@ impl JwtVerifier {
         self
     }
 
+    /// Fetches the JWKS now (no-op for a fixed key): call at startup to fail fast on a
+    /// wrong URL or CA. Returns how many signing keys were loaded.
+    pub async fn load_keys(&self) -> Result<usize, JwksError> {
+        match &self.keys {
+            KeySource::Fixed(_) => Ok(1),
+            KeySource::Jwks(keys) => keys.refresh().await,
+        }
+    }
+
+    /// Starts the scheduled JWKS refresh (no-op for a fixed key or outside a runtime).
+    pub(crate) fn start_refresh(&self) {
+        if let KeySource::Jwks(keys) = &self.keys {
+            keys.start_refresh();
+        }
+    }
+
     /// Verifies signature, algorithm, `exp` and `nbf` (and `iss`/`aud` when set).
-    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        match &self.keys {
+            KeySource::Fixed(key) => self.decode(token, key, &self.validation),
+            KeySource::Jwks(keys) => {
+                let header =
+                    jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+                let kid = header.kid.ok_or_else(|| {
+                    TokenError::Invalid("the token has no kid; keys come from a JWKS".into())
+                })?;
+                let Some(signing) = keys.key(&kid).await else {
+                    return Err(TokenError::Invalid("the token's kid is not in the JWKS".into()));
+                };
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![signing.algorithm];
+                self.decode(token, &signing.key, &validation)
+            }
+        }
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Identity, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+        match jsonwebtoken::decode::<Claims>(token, key, validation) {
             Ok(data) => {
                 let claims = data.claims;
                 Ok(Identity {

@@ -29,6 +29,7 @@ mod frames;
 mod hot;
 mod http;
 mod hub;
+pub mod jwks;
 mod lane;
 mod outbox;
 mod pipe;
@@ -134,6 +135,9 @@ impl Gateway {
             ),
             None => None,
         };
+        if let Some(v) = &verifier {
+            v.start_refresh();
+        }
         let shared = Arc::new(Shared::new(engine, config, verifier, prometheus_handle()));
         // A report outlives its presence entry's TTL only if it is refreshed in time.
         let every = shared
@@ -143,6 +147,15 @@ impl Gateway {
             .clamp(Duration::from_millis(50), shared.engine.config().presence_ttl / 2);
         cluster::start(&shared, every);
         Ok(Self { shared })
+    }
+
+    /// Fetches the JWKS now when tokens are verified with one (else does nothing): call
+    /// before serving to fail fast on a wrong URL or CA instead of refusing the first tokens.
+    pub async fn load_keys(&self) -> Result<usize, jwks::JwksError> {
+        match &self.shared.verifier {
+            Some(v) => v.load_keys().await,
+            None => Ok(0),
+        }
     }
 
     /// The engine behind the gateway (publish from your backend through it).

@@ -129,6 +129,7 @@ pub(crate) async fn handler(
             }
             Some(t) => match v
                 .verify(t)
+                .await
                 .and_then(|i| crate::access::check_connection_token(&i).map(|()| i))
             {
                 Ok(id) => id,
@@ -175,7 +176,7 @@ pub(crate) async fn handler(
     };
     let mut session = Session::new(gw.clone(), conn.clone());
     for token in &params.room_tokens {
-        match crate::access::verify_room_token(&gw, &identity, None, token) {
+        match crate::access::verify_room_token(&gw, &identity, None, token).await {
             Ok((room, grant)) => {
                 session.room_grants.insert(room, grant);
             }

@@ -80,6 +80,9 @@ pub struct MongoConfig {
     pub poll_interval: Option<Duration>,
     /// Depth of each room's in-process live channel; a subscriber further behind re-reads history.
     pub channel_capacity: usize,
+    /// CA certificate (PEM file) verifying the server when the URI turns TLS on
+    /// (`tls=true`) without its own `tlsCAFile`.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for MongoConfig {
@@ -103,6 +106,7 @@ impl Default for MongoConfig {
             reorder_window: Duration::from_millis(100),
             poll_interval: Some(Duration::from_millis(500)),
             channel_capacity: zps_core::fanout::DEFAULT_CHANNEL_CAPACITY,
+            tls_ca_file: None,
         }
     }
 }

@@ -165,6 +165,9 @@ pub async fn client_options(uri: &str, config: &MongoConfig) -> Result<ClientOpt
         .get_or_insert(config.connect_timeout);
     opts.connect_timeout.get_or_insert(config.connect_timeout);
     opts.app_name.get_or_insert_with(|| "zero-pub-sub".into());
+    if let (Some(ca), Some(mongodb::options::Tls::Enabled(tls))) = (&config.tls_ca_file, &mut opts.tls) {
+        tls.ca_file_path.get_or_insert_with(|| ca.clone());
+    }
     Ok(opts)
 }
 

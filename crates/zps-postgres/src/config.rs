@@ -57,6 +57,9 @@ pub struct PostgresConfig {
     /// Most concurrent `publish` calls sent as one statement (group commit); 1 sends each
     /// publish on its own.
     pub publish_batch_max: usize,
+    /// Root certificate (PEM file) that verifies the server under `sslmode=verify-ca` or
+    /// `verify-full`, when the URL has no `sslrootcert`. Needs the `tls` feature.
+    pub ssl_root_cert: Option<std::path::PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -80,6 +83,7 @@ impl Default for PostgresConfig {
             application_name: "zero-pub-sub".into(),
             channel_capacity: zps_core::fanout::DEFAULT_CHANNEL_CAPACITY,
             publish_batch_max: 256,
+            ssl_root_cert: None,
         }
     }
 }

@@ -98,7 +98,13 @@ fn parse_url(url: &str, config: &PostgresConfig) -> PgResult<PgConnectOptions> {
             "expected postgres://user[:password]@host[:port]/database".into(),
         ));
     }
-    let options = PgConnectOptions::from_str(url).map_err(|e| PostgresError::InvalidUrl(e.to_string()))?;
+    let mut options =
+        PgConnectOptions::from_str(url).map_err(|e| PostgresError::InvalidUrl(e.to_string()))?;
+    if let Some(ca) = &config.ssl_root_cert
+        && !url.contains("sslrootcert=")
+    {
+        options = options.ssl_root_cert(ca);
+    }
     Ok(options.application_name(&config.application_name))
 }
 

@@ -62,6 +62,9 @@ pub struct RedisConfig {
     pub subscriber_buffer: usize,
     /// Depth of each room's in-process fan-out channel.
     pub channel_capacity: usize,
+    /// Extra root certificates (PEM) trusted for `rediss://`, beside the system's: a
+    /// private CA. Needs the `tls` feature.
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for RedisConfig {
@@ -93,6 +96,7 @@ impl RedisConfig {
             command_timeout: Duration::from_secs(10),
             subscriber_buffer: 16_384,
             channel_capacity: zps_core::fanout::DEFAULT_CHANNEL_CAPACITY,
+            tls_ca_pem: None,
         }
     }
 

@@ -23,6 +23,8 @@ mod config;
 mod error;
 mod live;
 mod scripts;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use admin::{delete_prefix, keys_with_prefix};

@@ -206,7 +206,15 @@ impl RedisTransport {
                 "{target}: TLS URLs need zps-redis built with its `tls` feature"
             )));
         }
-        let base = Config::from_url(url).map_err(|e| RedisError::InvalidConfig(format!("{target}: {e}")))?;
+        #[allow(unused_mut)] // mutated only with the `tls` feature
+        let mut base =
+            Config::from_url(url).map_err(|e| RedisError::InvalidConfig(format!("{target}: {e}")))?;
+        #[cfg(feature = "tls")]
+        if wants_tls {
+            base.tls = Some(crate::tls::connector(config.tls_ca_pem.as_deref())?.into());
+        } else if config.tls_ca_pem.is_some() {
+            tracing::debug!("a CA certificate is configured but the Redis URL is not rediss://");
+        }
         let client = build_client(&base, &config, false)?;
         let subscriber = build_client(&base, &config, true)?;
         let ready = async {

@@ -133,6 +133,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             Some(token) => match &gw.verifier {
                 Some(v) => match v
                     .verify(token)
+                    .await
                     .and_then(|i| check_connection_token(&i).map(|()| i))
                 {
                     Ok(identity) => Self::Client(identity),

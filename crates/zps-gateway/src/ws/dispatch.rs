@@ -92,7 +92,7 @@ impl Conn {
         if let Some(verifier) = &self.session.gw.verifier {
             let verified = match init.token.as_deref() {
                 None | Some("") => Err(TokenError::Missing),
-                Some(token) => verifier.verify(token),
+                Some(token) => verifier.verify(token).await,
             };
             match verified.and_then(|i| crate::access::check_connection_token(&i).map(|()| i)) {
                 Ok(identity) => self.session.identity = identity,
@@ -145,6 +145,7 @@ impl Conn {
         };
         let identity = verifier
             .verify(token)
+            .await
             .and_then(|i| crate::access::check_connection_token(&i).map(|()| i))
             .map_err(|e| Refusal::new(ErrorCode::Unauthorized, e.to_string()))?;
         if identity.subject != self.session.identity.subject {
@@ -175,7 +176,8 @@ impl Conn {
                 &self.session.identity,
                 Some(&room),
                 token,
-            )?;
+            )
+            .await?;
             self.session.room_grants.insert(room, grant);
         }
         for raw in targets {
