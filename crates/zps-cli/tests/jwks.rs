@@ -192,7 +192,7 @@ async fn jwks_key_by_kid_rotation_fetched_once_forged_kids_refused_without_refet
             ..Header::new(Algorithm::HS256)
         },
         &claims("eve"),
-        &EncodingKey::from_secret(&k1.public_key_raw()),
+        &EncodingKey::from_secret(k1.public_key_raw()),
     )
     .unwrap();
     refused_because(&attempt(&gw.ws, &confused, "eve").await, "invalid token");

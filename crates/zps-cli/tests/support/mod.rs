@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 pub(crate) mod pki;
+pub(crate) mod tls_servers;
 
 /// The binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_zero-pub-sub");
