@@ -225,6 +225,7 @@ fn gateway_config(s: &Settings) -> anyhow::Result<GatewayConfig> {
             issuer: s.jwt_issuer.clone(),
             audience: s.jwt_audience.clone(),
             leeway: s.jwt_leeway,
+            member_claims: s.member_claims.clone(),
             ..Default::default()
         },
         allowed_origins: s.allowed_origins.clone(),

@@ -261,6 +261,15 @@ pub(crate) struct GatewayArgs {
     /// Clock skew tolerated on `exp`/`nbf`, in seconds [default: 5].
     #[arg(long, env = "ZERO_PUBSUB_JWT_LEEWAY_SECS", help_heading = "Auth")]
     pub(crate) jwt_leeway_secs: Option<u64>,
+    /// Token claims vouched for, beside `sub`, on client events (`metadata.publisher`) and
+    /// presence entries (`metadata.verified`), comma separated (e.g. name,avatar).
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_MEMBER_CLAIMS",
+        value_delimiter = ',',
+        help_heading = "Auth"
+    )]
+    pub(crate) member_claims: Option<Vec<String>>,
     /// Browser origins allowed to connect, comma separated [default: any].
     #[arg(
         long,
@@ -382,6 +391,7 @@ pub(crate) struct FileSettings {
     jwt_issuer: Option<String>,
     jwt_audience: Option<Vec<String>>,
     jwt_leeway_secs: Option<u64>,
+    member_claims: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     api_keys: Option<Vec<String>>,
     api_keys_file: Option<PathBuf>,
@@ -485,6 +495,8 @@ pub(crate) struct Settings {
     pub(crate) jwt_audience: Option<Vec<String>>,
     /// Clock skew.
     pub(crate) jwt_leeway: Option<Duration>,
+    /// Claims vouched for about members.
+    pub(crate) member_claims: Vec<String>,
     /// Origin allow-list.
     pub(crate) allowed_origins: Option<Vec<String>>,
     /// The HTTP API.
@@ -605,6 +617,7 @@ impl Settings {
             jwt_issuer: pick!(jwt_issuer),
             jwt_audience: pick!(jwt_audience).filter(|a| !a.is_empty()),
             jwt_leeway: pick!(jwt_leeway_secs).map(Duration::from_secs),
+            member_claims: pick!(member_claims).unwrap_or_default(),
             allowed_origins: pick!(allowed_origins).filter(|o| !o.is_empty()),
             api: api_config(
                 pick!(api_keys).unwrap_or_default(),

@@ -120,6 +120,10 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     /// Tokens must carry one of these in `aud`.
     pub audience: Option<Vec<String>>,
+    /// Token claims the gateway copies, beside `sub`, into what it vouches for about a
+    /// member: `metadata.publisher` of events clients publish and `metadata.verified` of
+    /// presence entries (e.g. `name`, `avatar`).
+    pub member_claims: Vec<String>,
     /// Per-room callback, asked last.
     pub authorize: Option<Authorizer>,
 }
@@ -134,6 +138,7 @@ impl Default for AuthConfig {
             grants_claim: Some("zps".to_owned()),
             issuer: None,
             audience: None,
+            member_claims: Vec::new(),
             authorize: None,
         }
     }
@@ -148,6 +153,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("grants_claim", &self.grants_claim)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("member_claims", &self.member_claims)
             .field("authorize", &self.authorize.as_ref().map(|_| "<fn>"))
             .finish()
     }

@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod api;
+pub mod attest;
 pub mod auth;
 mod cluster;
 mod config;

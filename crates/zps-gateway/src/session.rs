@@ -583,6 +583,11 @@ impl Session {
         metadata: Option<Metadata>,
     ) -> Result<ServerMessage, Refusal> {
         self.watch_presence(room).await?;
+        let metadata = crate::attest::stamp(
+            metadata,
+            crate::attest::VERIFIED_KEY,
+            crate::attest::attested(&self.gw, &self.identity),
+        );
         self.gw
             .engine
             .presence(room.clone())

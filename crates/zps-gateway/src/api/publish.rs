@@ -123,7 +123,9 @@ fn err_item(e: ApiError) -> BatchItem {
 }
 
 impl EventIn {
-    fn into_request(self, room: Room, gw: &Shared) -> Result<PublishRequest, ApiError> {
+    /// The request to store; a client's event carries what the gateway vouches for
+    /// about its publisher (see [`crate::attest::stamp`]), an API key's is trusted as sent.
+    fn into_request(self, room: Room, gw: &Shared, caller: &Caller) -> Result<PublishRequest, ApiError> {
         let payload = self.payload.unwrap_or_else(zps_core::envelope::null_payload);
         let limit = gw.config.limits.max_payload_bytes;
         if payload.get().len() > limit {
@@ -135,7 +137,14 @@ impl EventIn {
         let mut req = PublishRequest::raw(room, self.event_type, payload);
         req.id = self.id;
         req.ttl = self.ttl_ms.map(Duration::from_millis);
-        req.metadata = self.metadata;
+        req.metadata = match caller {
+            Caller::Client(identity) => crate::attest::stamp(
+                self.metadata,
+                crate::attest::PUBLISHER_KEY,
+                crate::attest::attested(gw, identity),
+            ),
+            Caller::Key(_) => self.metadata,
+        };
         req.encrypted = self.encrypted;
         Ok(req)
     }
@@ -194,7 +203,7 @@ pub(crate) async fn publish(
     if !batch {
         let event: EventIn = parse(&body)?;
         let room = publish_target(&caller, &gw, &event.room).await?;
-        let request = event.into_request(room, &gw)?;
+        let request = event.into_request(room, &gw, &caller)?;
         let outcome = gw.engine.publish_outcome(request).await?;
         return Ok(Json(PublishedOut::from(&outcome)).into_response());
     }
@@ -208,7 +217,7 @@ pub(crate) async fn publish(
     let mut checked = Vec::with_capacity(events.len());
     for event in events {
         checked.push(match publish_target(&caller, &gw, &event.room).await {
-            Ok(room) => event.into_request(room, &gw),
+            Ok(room) => event.into_request(room, &gw, &caller),
             Err(e) => Err(e),
         });
     }
@@ -301,7 +310,7 @@ pub(crate) async fn broadcast(
             encrypted: false,
         };
         checked.push(match publish_target(&caller, &gw, raw).await {
-            Ok(room) => event.into_request(room, &gw),
+            Ok(room) => event.into_request(room, &gw, &caller),
             Err(e) => Err(e),
         });
     }

@@ -271,7 +271,11 @@ impl Conn {
             PublishRequest::raw(room.clone(), p.event.event_type, p.event.payload).with_id(id.clone());
         req.ttl = p.event.ttl_ms.map(Duration::from_millis);
         req.encrypted = p.event.encrypted;
-        req.metadata = p.event.metadata;
+        req.metadata = crate::attest::stamp(
+            p.event.metadata,
+            crate::attest::PUBLISHER_KEY,
+            crate::attest::attested(&gw, &self.session.identity),
+        );
         if p.exclude_self {
             self.session.conn.state.lock().skip_id(Arc::from(id.as_str()));
         }
