@@ -111,8 +111,8 @@ async fn shared_engine(args: ProviderArgs) -> anyhow::Result<Realtime> {
     let s = ProviderSettings::from_args(args);
     if s.kind == ProviderKind::Memory {
         bail!(
-            "the memory provider lives inside one gateway process; use --provider postgres, redis, mongo or hybrid \
-             (and --connection) to reach shared storage"
+            "the memory provider lives inside one gateway process; use --provider postgres, redis, mongo, hybrid \
+             or sqlite (and --connection / --data-dir) to reach stored events"
         );
     }
     Ok(Realtime::new(providers::connect(&s).await?))
@@ -151,8 +151,16 @@ pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
             pool.close().await;
             Ok(ExitCode::SUCCESS)
         }
+        Some(ProviderKind::Sqlite) => {
+            // Opening the file applies its migrations.
+            let t = zps_sqlite::SqliteTransport::open(providers::sqlite_config(&s)?).await?;
+            println!("SQLite schema up to date in {}", t.path().display());
+            zps_core::Transport::close(&t).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         _ => bail!(
-            "migrate applies the PostgreSQL schema: use --provider postgres (or hybrid with postgres storage)"
+            "migrate applies the PostgreSQL or SQLite schema: use --provider postgres or sqlite (or hybrid with \
+             postgres storage)"
         ),
     }
 }

@@ -80,6 +80,29 @@ async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transp
     Ok(Arc::new(t))
 }
 
+/// The SQLite settings: `--connection sqlite://PATH`, else `--data-dir DIR` (`DIR/zps.db`).
+pub(crate) fn sqlite_config(s: &ProviderSettings) -> anyhow::Result<zps_sqlite::SqliteConfig> {
+    let mut config = match (&s.connection, &s.data_dir) {
+        (Some(url), None) => zps_sqlite::SqliteConfig::from_url(url)?,
+        (None, Some(dir)) => zps_sqlite::SqliteConfig::new(dir.join("zps.db")),
+        (Some(_), Some(_)) => bail!("give either --data-dir or --connection sqlite://PATH, not both"),
+        (None, None) => bail!("the sqlite provider needs --data-dir DIR or --connection sqlite://PATH"),
+    };
+    if s.sqlite_synchronous == Some(crate::settings::SqliteSync::Normal) {
+        config.synchronous = zps_sqlite::Synchronous::Normal;
+    }
+    Ok(config)
+}
+
+async fn sqlite(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    let config = sqlite_config(s)?;
+    let path = config.path.display().to_string();
+    let t = zps_sqlite::SqliteTransport::open(config)
+        .await
+        .with_context(|| format!("cannot use SQLite at {path}"))?;
+    Ok(Arc::new(t))
+}
+
 async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     match kind {
         ProviderKind::Postgres => postgres(url, s).await,
@@ -105,6 +128,7 @@ pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tran
                 ..MemoryConfig::default()
             })))
         }
+        ProviderKind::Sqlite => sqlite(s).await,
         ProviderKind::Hybrid => {
             let storage_kind = match s.storage_provider {
                 Some(k @ (ProviderKind::Postgres | ProviderKind::Mongo)) => k,

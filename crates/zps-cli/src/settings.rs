@@ -23,6 +23,8 @@ pub(crate) enum ProviderKind {
     Redis,
     /// Durable storage + Redis fan-out.
     Hybrid,
+    /// One SQLite file: durable, one node, no server to run.
+    Sqlite,
 }
 
 impl ProviderKind {
@@ -34,8 +36,19 @@ impl ProviderKind {
             Self::Mongo => "mongo",
             Self::Redis => "redis",
             Self::Hybrid => "hybrid",
+            Self::Sqlite => "sqlite",
         }
     }
+}
+
+/// SQLite commit durability (see `zps_sqlite::Synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SqliteSync {
+    /// fsync on every commit.
+    Full,
+    /// fsync at checkpoints.
+    Normal,
 }
 
 /// Which provider to use and how to reach it (shared by every subcommand).
@@ -44,7 +57,7 @@ pub(crate) struct ProviderArgs {
     /// Where events are stored and fanned out [default: memory].
     #[arg(long, env = "ZERO_PUBSUB_PROVIDER", value_enum, help_heading = "Provider")]
     pub(crate) provider: Option<ProviderKind>,
-    /// Provider connection URL (postgres://, redis://, mongodb://).
+    /// Provider connection URL (postgres://, redis://, mongodb://, sqlite://PATH).
     #[arg(
         long,
         env = "ZERO_PUBSUB_CONNECTION",
@@ -93,6 +106,24 @@ pub(crate) struct ProviderArgs {
     /// Create tables/indexes at start [default: true unless ZPS_ENV=production].
     #[arg(long, env = "ZERO_PUBSUB_AUTO_MIGRATE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", help_heading = "Provider")]
     pub(crate) auto_migrate: Option<bool>,
+    /// SQLite: keep the database in this folder (`DIR/zps.db`, created when missing);
+    /// implies `--provider sqlite`.
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_DATA_DIR",
+        value_name = "DIR",
+        help_heading = "Provider"
+    )]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// SQLite: `full` (fsync every commit: survives power loss) or `normal` (survives a
+    /// process crash; the last commits before a power loss may be lost) [default: full].
+    #[arg(
+        long,
+        env = "ZERO_PUBSUB_SQLITE_SYNCHRONOUS",
+        value_enum,
+        help_heading = "Provider"
+    )]
+    pub(crate) sqlite_synchronous: Option<SqliteSync>,
     /// Extra trusted root CA (PEM) for outgoing TLS: PostgreSQL (`sslmode=verify-full`), Redis
     /// (`rediss://`), MongoDB (`tls=true`) and the JWKS endpoint [default: the system's roots].
     #[arg(
@@ -367,6 +398,8 @@ pub(crate) struct FileSettings {
     redis_prefix: Option<String>,
     auto_migrate: Option<bool>,
     ca_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    sqlite_synchronous: Option<SqliteSync>,
     default_ttl_ms: Option<u64>,
     memory_max_events_per_room: Option<usize>,
     max_connections: Option<usize>,
@@ -429,6 +462,10 @@ pub(crate) struct ProviderSettings {
     pub(crate) auto_migrate: Option<bool>,
     /// Extra root CA for outgoing TLS.
     pub(crate) ca_file: Option<PathBuf>,
+    /// SQLite folder.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// SQLite durability.
+    pub(crate) sqlite_synchronous: Option<SqliteSync>,
     /// Memory history bound.
     pub(crate) memory_max_events_per_room: usize,
 }
@@ -445,7 +482,11 @@ impl ProviderSettings {
     /// From flags/environment only (operational subcommands).
     pub(crate) fn from_args(a: ProviderArgs) -> Self {
         Self {
-            kind: a.provider.unwrap_or(ProviderKind::Memory),
+            kind: a.provider.unwrap_or(if a.data_dir.is_some() {
+                ProviderKind::Sqlite
+            } else {
+                ProviderKind::Memory
+            }),
             connection: a.connection,
             storage_provider: a.storage_provider,
             storage_connection: a.storage_connection,
@@ -455,6 +496,8 @@ impl ProviderSettings {
             redis_prefix: a.redis_prefix,
             auto_migrate: a.auto_migrate,
             ca_file: a.ca_file,
+            data_dir: a.data_dir,
+            sqlite_synchronous: a.sqlite_synchronous,
             memory_max_events_per_room: 10_000,
         }
     }
@@ -593,7 +636,11 @@ impl Settings {
             port: pick!(port).unwrap_or(8080),
             drain_timeout: ms(pick!(drain_timeout_ms), Duration::from_secs(10)),
             provider: ProviderSettings {
-                kind: pick_provider!(provider).unwrap_or(ProviderKind::Memory),
+                kind: pick_provider!(provider).unwrap_or(if pick_provider!(data_dir).is_some() {
+                    ProviderKind::Sqlite
+                } else {
+                    ProviderKind::Memory
+                }),
                 connection: pick_provider!(connection),
                 storage_provider: pick_provider!(storage_provider),
                 storage_connection: pick_provider!(storage_connection),
@@ -603,6 +650,8 @@ impl Settings {
                 redis_prefix: pick_provider!(redis_prefix),
                 auto_migrate: pick_provider!(auto_migrate),
                 ca_file: pick_provider!(ca_file),
+                data_dir: pick_provider!(data_dir),
+                sqlite_synchronous: pick_provider!(sqlite_synchronous),
                 memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
             },
             default_ttl: ms(pick!(default_ttl_ms), zps_core::engine::DEFAULT_TTL),
