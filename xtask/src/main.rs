@@ -45,7 +45,7 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
-  bench [--provider memory|postgres|redis|hybrid] [--skip-provider-bench]
+  bench [--provider memory|postgres|redis|hybrid|sqlite] [--skip-provider-bench]
         [--scenario NAME]... [--target NAME]... [--quick]
                                    the gateway (JSON and compact), two bare broadcast loops and
                                    nats-server driven by one load generator in one run (release
@@ -401,7 +401,15 @@ fn bench(args: &[String]) -> Result<()> {
                 .map(String::from),
             );
         }
-        other => bail!("--provider must be memory, postgres, redis or hybrid, not {other}"),
+        "sqlite" => {
+            // The provider's own benchmark: group-commit publish vs a raw one-row-per-commit loop.
+            if provider_bench {
+                run(cargo().args(["bench", "-p", "zps-sqlite", "--bench", "publish"]))?;
+            }
+            let dir = std::env::temp_dir().join(&tag);
+            gateway_args.extend(["--data-dir".to_owned(), dir.display().to_string()]);
+        }
+        other => bail!("--provider must be memory, postgres, redis, hybrid or sqlite, not {other}"),
     }
     run(cargo().args([
         "build",
@@ -435,6 +443,9 @@ fn bench(args: &[String]) -> Result<()> {
                 &format!("DROP SCHEMA IF EXISTS {tag} CASCADE"),
             ])
             .status();
+    }
+    if provider == "sqlite" {
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&tag));
     }
     if matches!(provider.as_str(), "redis" | "hybrid") {
         let _ = Command::new("sh")
