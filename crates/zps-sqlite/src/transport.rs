@@ -230,6 +230,38 @@ impl Transport for SqliteTransport {
         Ok(PublishOutcome { envelope, duplicate })
     }
 
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
+    /// One write job (one savepoint) for the whole batch, in order; if any event
+    /// fails, none is stored and the engine retries them one by one.
+    async fn publish_batch(&self, events: Vec<NewEvent>) -> Result<Vec<PublishOutcome>> {
+        self.check_open()?;
+        let live = self.inner.clone();
+        let stored = write_then(
+            &self.inner,
+            move |c| {
+                events
+                    .into_iter()
+                    .map(|e| store::publish(c, e).map(|(e, dup)| (Arc::new(e), dup)))
+                    .collect::<SqlResult<Vec<_>>>()
+            },
+            move |stored: &Vec<(Arc<Envelope>, bool)>| {
+                for (e, dup) in stored {
+                    if !dup {
+                        live.live.send(&e.room, e.clone());
+                    }
+                }
+            },
+        )
+        .await?;
+        Ok(stored
+            .into_iter()
+            .map(|(envelope, duplicate)| PublishOutcome { envelope, duplicate })
+            .collect())
+    }
+
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream> {
         self.check_open()?;
         Ok(self
