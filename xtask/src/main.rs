@@ -105,6 +105,7 @@ fn test(args: &[String]) -> Result<()> {
         env.push(("ZPS_TEST_MONGO_URL".into(), m.url.clone()));
     }
     env.push(("ZPS_OPENAPI_VALIDATOR".into(), openapi_validator()?));
+    env.push(("ZPS_REQUIRE_SERVICES".into(), "1".into()));
     let nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -222,7 +223,8 @@ impl MongoStandIn {
                 Some(m)
             }
             Err(e) => {
-                eprintln!("xtask: MongoDB tests will be skipped: no MongoDB stand-in ({e:#})");
+                // Tests then fail (ZPS_REQUIRE_SERVICES), saying which service is missing.
+                eprintln!("xtask: no MongoDB stand-in ({e:#}): the MongoDB tests will fail");
                 None
             }
         }

@@ -73,10 +73,22 @@ pub async fn setup(factory: &dyn Factory, case: &str) -> Option<Arc<dyn Fixture>
     match factory.fixture().await {
         Ok(f) => Some(f),
         Err(reason) => {
-            eprintln!("{case}: skipped: {reason}");
+            skip_or_fail(case, &reason);
             None
         }
     }
+}
+
+/// Set by `cargo xtask test`: a missing service fails the test instead of skipping it.
+pub const REQUIRE_SERVICES: &str = "ZPS_REQUIRE_SERVICES";
+
+/// Prints why `test` is skipped, or panics when [`REQUIRE_SERVICES`] is set (under
+/// `cargo xtask test` a missing service is a failure, never a silent pass).
+pub fn skip_or_fail(test: &str, reason: &str) {
+    if std::env::var_os(REQUIRE_SERVICES).is_some() {
+        panic!("{test}: {reason}, and {REQUIRE_SERVICES} is set: the service must be running");
+    }
+    eprintln!("{test}: skipped: {reason}");
 }
 
 /// An engine over a new connection of the fixture.

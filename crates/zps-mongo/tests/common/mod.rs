@@ -6,9 +6,6 @@
 use mongodb::bson::doc;
 use zps_mongo::{Client, Database, MongoConfig, MongoTransport};
 
-/// The line printed by every test when no server is configured.
-pub const SKIP: &str = "skipped: no MongoDB (set ZPS_TEST_MONGO_URL)";
-
 /// The test server's URI, if one is configured.
 pub fn mongo_url() -> Option<String> {
     std::env::var("ZPS_TEST_MONGO_URL")
@@ -27,7 +24,7 @@ impl TestDb {
     /// A fresh database name on the test server, or `None` (after printing why) without one.
     pub async fn new(prefix: &str) -> Option<Self> {
         let Some(url) = mongo_url() else {
-            eprintln!("{SKIP}");
+            zps_conformance::skip_or_fail(prefix, "no MongoDB (set ZPS_TEST_MONGO_URL)");
             return None;
         };
         let id = uuid::Uuid::new_v4().simple().to_string();
