@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("load-test") => load_test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("chaos") => chaos(&args[1..], false),
         Some("dist") => dist(),
         Some("services") => ensure_services().map(|_| ()),
         None | Some("help" | "-h" | "--help") => {
@@ -55,6 +56,11 @@ fn print_help() {
                                    bare-gw, nats; results appended to bench-results.jsonl. A provider
                                    first runs its own publish benchmark against a raw baseline
                                    (INSERT / EVALSHA) unless --skip-provider-bench
+  chaos [--quick] [--providers LIST] [SCENARIO]...
+                                   fault scenarios against real gateway processes with an
+                                   independent checker (scenario: gateway-kill; providers:
+                                   postgres, redis, hybrid); report in target/chaos/report.md;
+                                   `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)
   services                         make PostgreSQL and Redis reachable (start or install)"
@@ -128,8 +134,31 @@ fn test(args: &[String]) -> Result<()> {
     }
     drop(mongo);
     js_client_tests()?;
+    // The CI-sized fault suite against the binary just built for the JS tests.
+    chaos(&["--quick".to_owned()], true)?;
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// `zps-chaos` against the debug binary: real gateway processes, faults, and the
+/// independent checker; fails when an acknowledged event was lost, duplicated or reordered.
+fn chaos(args: &[String], built: bool) -> Result<()> {
+    let env = ensure_services()?;
+    if !built {
+        run(cargo().args(["build", "-p", "zps-cli", "--bin", "zero-pub-sub"]))?;
+    }
+    run(cargo().args(["build", "-p", "zps-chaos", "--bin", "zps-chaos"]))?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    run(Command::new(target.join("debug/zps-chaos"))
+        .current_dir(root())
+        .arg("--gateway-bin")
+        .arg(target.join("debug/zero-pub-sub"))
+        .arg("--out")
+        .arg(target.join("chaos"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
 }
 
 /// The TypeScript client's tests (clients/js): against the gateway binary

@@ -1,0 +1,57 @@
+//! `zero-pub-sub gateway` processes: started with a port of their own, killed
+//! with SIGKILL (no drain, no goodbye) when the scenario says so or when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+
+/// A running gateway.
+pub struct GatewayProcess {
+    child: Child,
+    /// Its listening address.
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    /// Starts `bin gateway --port 0 ARGS…` and waits for the line naming its address.
+    pub fn start(bin: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .arg("gateway")
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ws://"))
+            .and_then(|w| w.strip_suffix("/ws"))
+        else {
+            let _ = child.kill();
+            bail!("the gateway did not start (args {args:?}): {line:?}");
+        };
+        Ok(Self {
+            addr: addr.parse().context("gateway address")?,
+            child,
+        })
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

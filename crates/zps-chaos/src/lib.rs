@@ -1,0 +1,13 @@
+//! Faults on purpose: real `zero-pub-sub` gateway processes, a TCP fault proxy
+//! between clients and gateways, `zps-client` subscribers and publishers that
+//! record everything they see, and an independent [`checker`] that decides —
+//! from those records only, never from the gateway's counters — whether every
+//! acknowledged event reached every subscriber exactly once, in order.
+//!
+//! `cargo xtask chaos [SCENARIO…]` builds the binary and runs the scenarios;
+//! the report goes to `target/chaos/report.md` and `report.json`.
+
+pub mod checker;
+pub mod gateway;
+pub mod proxy;
+pub mod scenario;
