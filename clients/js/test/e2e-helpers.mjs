@@ -20,7 +20,21 @@ export async function launchBrowser() {
     throw new Error(`chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set ZPS_CHROMIUM), or set ZPS_SKIP_BROWSER=1 to skip the browser tests`);
   }
   const { default: puppeteer } = await import('puppeteer-core');
-  return puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const newPage = browser.newPage.bind(browser);
+  browser.newPage = async (...args) => intervalPolling(await newPage(...args));
+  return browser;
+}
+
+/**
+ * Makes `page.waitForFunction` poll every 50 ms. Its default polls on
+ * requestAnimationFrame, which never runs in a tab behind another: a wait on such a
+ * page would only ever see its first check (and time out when that came too early).
+ */
+function intervalPolling(page) {
+  const wait = page.waitForFunction.bind(page);
+  page.waitForFunction = (fn, options = {}, ...args) => wait(fn, { polling: 50, ...options }, ...args);
+  return page;
 }
 
 // A page that starts a client from its query (?url=…&room=…) on load, with
