@@ -58,8 +58,8 @@ fn print_help() {
                                    (INSERT / EVALSHA) unless --skip-provider-bench
   chaos [--quick] [--providers LIST] [SCENARIO]...
                                    fault scenarios against real gateway processes with an
-                                   independent checker (scenario: gateway-kill; providers:
-                                   postgres, redis, hybrid); report in target/chaos/report.md;
+                                   independent checker (scenarios: gateway-kill, redis-restart;
+                                   providers: postgres, redis, hybrid); report in target/chaos/report.md;
                                    `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)

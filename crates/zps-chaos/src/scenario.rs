@@ -346,6 +346,131 @@ pub async fn gateway_kill(bin: &Path, provider: &Provider, size: Size, tag: &str
     })
 }
 
+/// A `redis-server` of the scenario's own (AOF with `appendfsync always`, so an
+/// acknowledged write survives its SIGKILL), restartable on the same port and data.
+pub struct OwnRedis {
+    dir: PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts it in a fresh folder on a free port.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("zps-chaos-redis-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut r = Self {
+            dir,
+            port,
+            child: None,
+        };
+        r.up()?;
+        Ok(r)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> anyhow::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("redis-server is needed for the database-restart scenario")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.up()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Scenario 2 (Redis): the gateway's Redis is killed with SIGKILL under load and
+/// restarted a second later on the same data; the gateway must recover by itself
+/// (no restart), publishers retry with the same ids, subscribers repair what the
+/// lost pub/sub messages missed from the streams.
+pub async fn redis_restart(bin: &Path, size: Size, tag: &str) -> anyhow::Result<Outcome> {
+    let mut redis = OwnRedis::start(tag)?;
+    let args: Vec<String> = [
+        "--provider",
+        "redis",
+        "--connection",
+        &redis.url(),
+        "--allow-client-publish",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let gateway = GatewayProcess::start(bin, &args)?;
+    let url = format!("ws://{}/ws", gateway.addr);
+    let work = Workload::start(&url, size, tag).await?;
+    tokio::time::sleep(size.phase).await;
+    redis.kill();
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart()?;
+    // The gateway's Redis client backs off up to 5 s between reconnects: give acks time to resume.
+    tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
+    let ack_times = work.ack_times.clone();
+    let (history, attempts, converged) = work.finish(Duration::from_secs(30)).await;
+    let recovery = ack_times
+        .lock()
+        .iter()
+        .find(|t| t.duration_since(down_at) > Duration::from_secs(1))
+        .map(|t| t.duration_since(down_at).as_millis() as u64);
+    drop(gateway);
+    Ok(Outcome {
+        scenario: "redis-restart".into(),
+        provider: "redis".into(),
+        attempts,
+        recovery_ms: recovery,
+        converged_ms: converged,
+        verdict: checker::check(&history),
+    })
+}
+
 /// The report files.
 pub fn write_report(dir: &Path, outcomes: &[Outcome]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;

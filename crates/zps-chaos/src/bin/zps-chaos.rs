@@ -23,7 +23,7 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-    /// Scenarios (default: all): gateway-kill.
+    /// Scenarios (default: all): gateway-kill, redis-restart.
     scenarios: Vec<String>,
 }
 
@@ -47,6 +47,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             eprintln!("  {:?}", o.verdict);
             outcomes.push(o);
         }
+    }
+    if wanted("redis-restart") && args.providers.iter().any(|p| p == "redis") {
+        let tag = format!("chaos_{}_restart", std::process::id());
+        eprintln!("zps-chaos: redis-restart");
+        let o = scenario::redis_restart(&args.gateway_bin, size, &tag).await?;
+        eprintln!("  {:?}", o.verdict);
+        outcomes.push(o);
     }
     let report = scenario::write_report(&args.out, &outcomes)?;
     println!("{}", std::fs::read_to_string(&report)?);
