@@ -97,7 +97,7 @@ fn run(mut conn: Connection, rx: Receiver<Box<dyn WriteJob>>, batch_max: usize) 
                 Err(_) => break,
             }
         }
-        metrics_batch(jobs.len());
+        trace_batch(jobs.len());
         commit_batch(&mut conn, jobs);
     }
     // Closed: fold the WAL back so the file alone holds everything.
@@ -106,7 +106,7 @@ fn run(mut conn: Connection, rx: Receiver<Box<dyn WriteJob>>, batch_max: usize) 
     }
 }
 
-fn metrics_batch(n: usize) {
+fn trace_batch(n: usize) {
     tracing::trace!(writes = n, "SQLite group commit");
 }
 
