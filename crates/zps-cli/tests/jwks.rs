@@ -17,9 +17,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::KeyPair;
-use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use support::pki::{ca, leaf, temp_dir};
+use support::pki::{ca, temp_dir};
+use support::tls_servers::tls_acceptor;
 use support::{run, send, start_gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -36,17 +36,7 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(authority: &support::pki::Ca, keys: &[(&str, &KeyPair)]) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (cert, key, _) = leaf(authority, "jwks");
-        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(authority, "jwks");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let body: Shared<String> = Default::default();

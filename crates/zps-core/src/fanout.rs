@@ -307,6 +307,20 @@ impl<'a> From<&'a Room> for Room {
     }
 }
 
+impl LocalFanout<Arc<crate::envelope::Envelope>> {
+    /// The stream as the engine reads it from a transport: events, and a lag notice
+    /// per pattern whose channel overflowed (the engine then re-reads history).
+    pub fn live_signals(&self, patterns: &[RoomPattern]) -> crate::transport::LiveStream {
+        use crate::transport::LiveSignal;
+        self.subscribe(patterns)
+            .map(|item| match item {
+                FanoutItem::Item(e) => LiveSignal::Event(e),
+                FanoutItem::Lagged(p) => LiveSignal::Lagged(Some(p)),
+            })
+            .boxed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

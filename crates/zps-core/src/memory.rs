@@ -14,18 +14,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use tokio::time::Instant;
 
 use crate::envelope::{DlqEntry, Envelope, EphemeralEvent, NewDlqEntry, NewEvent, PresenceMember, Snapshot};
 use crate::error::{Error, Result};
-use crate::fanout::{DEFAULT_CHANNEL_CAPACITY, FanoutItem, LocalFanout, TapGuard};
+use crate::fanout::{DEFAULT_CHANNEL_CAPACITY, LocalFanout, TapGuard};
 use crate::room::{Room, RoomPattern};
 use crate::time::Timestamp;
 use crate::transport::{
-    Capabilities, EphemeralStream, LiveSignal, LiveStream, LiveTap, PublishOutcome, ReplayPage, ReplayQuery,
-    RoomInfo, Transport, TransportHealth,
+    Capabilities, EphemeralStream, LiveStream, LiveTap, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
+    Transport, TransportHealth,
 };
 
 /// Settings of the in-memory transport.
@@ -263,15 +262,7 @@ impl Transport for MemoryTransport {
 
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream> {
         self.check_open()?;
-        Ok(self
-            .inner
-            .live
-            .subscribe(patterns)
-            .map(|item| match item {
-                FanoutItem::Item(e) => LiveSignal::Event(e),
-                FanoutItem::Lagged(p) => LiveSignal::Lagged(Some(p)),
-            })
-            .boxed())
+        Ok(self.inner.live.live_signals(patterns))
     }
 
     fn tap(&self, pattern: &RoomPattern, tap: LiveTap) -> Option<TapGuard> {

@@ -18,7 +18,12 @@ pub const PUBLISHER_KEY: &str = "publisher";
 pub const VERIFIED_KEY: &str = "verified";
 
 /// `{"sub": …, <member claim>: …}` from a verified token; `None` for an anonymous client.
+/// Built on the first publish or presence entry of a token, then reused.
 pub(crate) fn attested(gw: &Shared, identity: &Identity) -> Option<Value> {
+    identity.attested.get_or_init(|| build(gw, identity)).clone()
+}
+
+fn build(gw: &Shared, identity: &Identity) -> Option<Value> {
     let sub = identity.subject.as_ref()?;
     let mut out = Map::new();
     out.insert("sub".to_owned(), Value::String(sub.clone()));

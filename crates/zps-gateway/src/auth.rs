@@ -182,6 +182,9 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// `sub`, when present.
     pub subject: Option<String>,
+    /// What the gateway vouches for about this member, built once per token
+    /// (see [`crate::attest`]) instead of on every publish.
+    pub(crate) attested: std::sync::OnceLock<Option<serde_json::Value>>,
 }
 
 /// Verifies tokens: one key and one algorithm, or a JWKS where the token's `kid`
@@ -312,6 +315,7 @@ impl JwtVerifier {
                     expires_at: claims.get("exp").and_then(serde_json::Value::as_u64),
                     subject: claims.get("sub").and_then(|v| v.as_str()).map(str::to_owned),
                     claims: Arc::new(claims),
+                    attested: std::sync::OnceLock::new(),
                 })
             }
             Err(e) => match e.kind() {

@@ -79,10 +79,7 @@ impl LiveHub {
 
     /// A live stream over `patterns` (events plus global lag notices).
     pub(crate) fn subscribe(&self, patterns: &[RoomPattern]) -> LiveStream {
-        let events = self.events.subscribe(patterns).map(|item| match item {
-            FanoutItem::Item(e) => LiveSignal::Event(e),
-            FanoutItem::Lagged(p) => LiveSignal::Lagged(Some(p)),
-        });
+        let events = self.events.live_signals(patterns);
         let control = self.control.lock().as_ref().map(broadcast::Sender::subscribe);
         match control {
             Some(rx) => {

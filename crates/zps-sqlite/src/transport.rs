@@ -7,17 +7,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use rusqlite::Connection;
 use zps_core::envelope::{
     DlqEntry, Envelope, EphemeralEvent, NewDlqEntry, NewEvent, PresenceMember, Snapshot,
 };
 use zps_core::error::Result;
-use zps_core::fanout::{FanoutItem, LocalFanout};
+use zps_core::fanout::LocalFanout;
 use zps_core::transport::{
-    Capabilities, EphemeralStream, LiveSignal, LiveStream, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
-    Transport, TransportHealth,
+    Capabilities, EphemeralStream, LiveStream, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo, Transport,
+    TransportHealth,
 };
 use zps_core::{MemoryConfig, MemoryTransport, Room, RoomPattern, Timestamp};
 
@@ -264,15 +263,7 @@ impl Transport for SqliteTransport {
 
     async fn subscribe(&self, patterns: &[RoomPattern]) -> Result<LiveStream> {
         self.check_open()?;
-        Ok(self
-            .inner
-            .live
-            .subscribe(patterns)
-            .map(|item| match item {
-                FanoutItem::Item(e) => LiveSignal::Event(e),
-                FanoutItem::Lagged(p) => LiveSignal::Lagged(Some(p)),
-            })
-            .boxed())
+        Ok(self.inner.live.live_signals(patterns))
     }
 
     async fn replay(&self, query: &ReplayQuery) -> Result<ReplayPage> {

@@ -173,10 +173,10 @@ impl Drop for TlsPostgres {
     }
 }
 
-/// Accepts TLS on a port of its own and forwards the plain bytes to `upstream`.
-pub(crate) async fn tls_proxy(ca: &Ca, upstream: std::net::SocketAddr) -> u16 {
+/// A TLS acceptor serving a leaf for 127.0.0.1 named `name`, signed by `ca`.
+pub(crate) fn tls_acceptor(ca: &Ca, name: &str) -> tokio_rustls::TlsAcceptor {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (cert, key, _) = leaf(ca, "proxy");
+    let (cert, key, _) = leaf(ca, name);
     let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
@@ -185,7 +185,12 @@ pub(crate) async fn tls_proxy(ca: &Ca, upstream: std::net::SocketAddr) -> u16 {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Accepts TLS on a port of its own and forwards the plain bytes to `upstream`.
+pub(crate) async fn tls_proxy(ca: &Ca, upstream: std::net::SocketAddr) -> u16 {
+    let acceptor = tls_acceptor(ca, "proxy");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
