@@ -21,6 +21,8 @@ impl GatewayProcess {
         let mut child = Command::new(bin)
             .arg("gateway")
             .args(["--port", "0"])
+            // The workload measures faults, not the per-connection rate limit (100/s by default).
+            .args(["--max-messages-per-window", "1000000"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -218,6 +218,53 @@ async fn floods_are_rate_limited_then_closed() {
     bystander_saw_everything(&gw, &mut b, 3).await;
 }
 
+/// A rate-limited request that carries an id is refused with that id, so the
+/// caller fails at once instead of waiting out its own timeout (found by the
+/// chaos suite: a publisher's 101st publish in a second hung for 5 s).
+#[tokio::test]
+async fn rate_limited_requests_are_refused_with_their_request_id() {
+    let mut config = GatewayConfig::default();
+    config.limits.allow_client_publish = true;
+    config.limits.max_messages_per_window = 3;
+    // Long enough that the whole burst falls in one window on any machine.
+    config.limits.rate_limit_window = Duration::from_secs(60);
+    let gw = TestGateway::start(config).await;
+    let mut c = gw.ready("p").await;
+    // init counted as 1: two publishes pass, the other four are refused by id.
+    for i in 0..6 {
+        c.send(json!({"type": "publish", "requestId": format!("r{i}"),
+            "event": {"type": "t", "room": "chat:1", "payload": {"i": i}}}))
+            .await;
+    }
+    // Answers are matched by id: a refusal may overtake an earlier publish's answer.
+    let mut answers = std::collections::BTreeMap::new();
+    for _ in 0..6 {
+        let m = c.recv().await;
+        answers.insert(m["requestId"].as_str().unwrap().to_owned(), m);
+    }
+    for i in 0..2 {
+        let p = &answers[&format!("r{i}")];
+        assert_eq!(p["type"], "published", "{p}");
+        assert_eq!(p["sequence"], i + 1);
+    }
+    for i in 2..6 {
+        let e = &answers[&format!("r{i}")];
+        assert_eq!((&e["type"], &e["code"]), (&json!("error"), &json!("4429")), "{e}");
+    }
+    // A ping with a string id is answered the same way; one without an id is dropped silently
+    // (the window's warning went out with the first refusal).
+    c.send(json!({"type": "ping", "id": "p1"})).await;
+    assert_eq!(c.expect_error("4429").await["requestId"], "p1");
+    c.send(json!({"type": "ping"})).await;
+    c.assert_silent(Duration::from_millis(200)).await;
+    let info = gw
+        .engine()
+        .room_info(&zps_core::Room::parse("chat:1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(info.last_sequence, 2, "refused publishes are not stored");
+}
+
 #[tokio::test]
 async fn at_capacity_new_connections_get_4503() {
     let mut config = GatewayConfig::default();

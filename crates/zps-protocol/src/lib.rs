@@ -63,6 +63,25 @@ pub enum ClientMessage {
     Ping(Ping),
 }
 
+impl ClientMessage {
+    /// The id the client will match the answer by (`requestId`, or a ping's string `id`):
+    /// a refusal must carry it, or the caller only learns of it from its own timeout.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Publish(p) => p.request_id.as_deref(),
+            Self::Subscribe(s) => s.request_id.as_deref(),
+            Self::ReplayRequest(r) => r.request_id.as_deref(),
+            Self::PublishEphemeral(e) => e.request_id.as_deref(),
+            Self::SnapshotRequest(r)
+            | Self::PresenceLeave(r)
+            | Self::PresenceSubscribe(r)
+            | Self::PresenceUnsubscribe(r) => r.request_id.as_deref(),
+            Self::Ping(p) => p.id.as_ref().and_then(serde_json::Value::as_str),
+            _ => None,
+        }
+    }
+}
+
 /// `init`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]

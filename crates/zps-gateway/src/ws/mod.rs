@@ -425,7 +425,7 @@ impl Conn {
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                if let Some(next) = self.rate_limit().await? {
+                if let Some(next) = self.rate_limit(None).await? {
                     return Ok(next);
                 }
                 self.refuse(
@@ -438,7 +438,7 @@ impl Conn {
             Message::Ping(_) | Message::Pong(_) => return Ok(Next::Continue),
             Message::Close(_) => return Err(Disconnected),
         };
-        if let Some(next) = self.rate_limit().await? {
+        if let Some(next) = self.rate_limit(Some(text.as_str())).await? {
             return Ok(next);
         }
         crate::hot::hot().received();
@@ -452,7 +452,11 @@ impl Conn {
         self.dispatch(parsed).await
     }
 
-    async fn rate_limit(&mut self) -> Result<Option<Next>, Disconnected> {
+    /// Counts one inbound message against the window. A dropped message that
+    /// carries a request id is refused with that id (its caller fails at once
+    /// instead of waiting for its own timeout); other dropped messages get one
+    /// warning per window.
+    async fn rate_limit(&mut self, text: Option<&str>) -> Result<Option<Next>, Disconnected> {
         let limits = &self.session.gw.config.limits;
         match self
             .rate
@@ -460,14 +464,18 @@ impl Conn {
         {
             Verdict::Allow => Ok(None),
             Verdict::Drop { warn } => {
-                if warn {
-                    let window = limits.rate_limit_window.as_millis();
-                    let max = limits.max_messages_per_window;
-                    self.refuse(
+                let window = limits.rate_limit_window.as_millis();
+                let max = limits.max_messages_per_window;
+                let request_id = text
+                    .and_then(|t| parse_client(t).ok())
+                    .and_then(|m| m.request_id().map(str::to_owned));
+                if warn || request_id.is_some() {
+                    let refusal = Refusal::new(
                         ErrorCode::RateLimited,
-                        &format!("rate limited: at most {max} messages per {window} ms"),
+                        format!("rate limited: at most {max} messages per {window} ms"),
                     )
-                    .await?;
+                    .with_request(request_id);
+                    self.reply(refusal.to_message()).await?;
                 }
                 Ok(Some(Next::Continue))
             }
