@@ -1,8 +1,9 @@
 //! Faults on purpose: real `zero-pub-sub` gateway processes, a TCP fault proxy
-//! between clients and gateways, `zps-client` subscribers and publishers that
-//! record everything they see, and an independent [`checker`] that decides —
-//! from those records only, never from the gateway's counters — whether every
-//! acknowledged event reached every subscriber exactly once, in order.
+//! between clients and gateways (and between gateways and Redis), databases of
+//! the scenarios' own that they crash and restart, `zps-client` subscribers and
+//! publishers that record everything they see, and an independent [`checker`]
+//! that decides — from those records only, never from the gateway's counters —
+//! whether every acknowledged event reached every subscriber exactly once, in order.
 //!
 //! `cargo xtask chaos [SCENARIO…]` builds the binary and runs the scenarios;
 //! the report goes to `target/chaos/report.md` and `report.json`.
@@ -10,4 +11,7 @@
 pub mod checker;
 pub mod gateway;
 pub mod proxy;
-pub mod scenario;
+pub mod report;
+pub mod scenarios;
+pub mod services;
+pub mod workload;

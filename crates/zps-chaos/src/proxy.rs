@@ -1,8 +1,10 @@
 //! A TCP fault proxy: clients connect to it, it forwards to the current
-//! upstream. Faults are switched at run time: added latency, a blackhole (bytes
-//! read and dropped both ways while sockets stay open: a partition or a
-//! half-open peer), refusing new connections, and cutting every open one (what
-//! a load balancer does when its backend dies).
+//! upstream. Faults are switched at run time: added latency, a pause (nothing
+//! moves either way, nothing is lost: a network partition that TCP rides out
+//! when it heals), a blackhole (bytes read and dropped both ways while sockets
+//! stay open: a half-open peer), refusing new connections, and cutting every
+//! open one (what a load balancer does when its backend dies, or what a long
+//! partition ends in).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,9 @@ pub enum Fault {
     None,
     /// Hold every chunk this long before forwarding it.
     Latency(Duration),
+    /// Forward nothing, both ways, and lose nothing: bytes wait until the fault
+    /// is lifted (TCP retransmitting through a partition).
+    Pause,
     /// Read and drop every byte, both ways; sockets stay open.
     Blackhole,
     /// Close new connections at once (open ones are left alone).
@@ -128,11 +133,20 @@ async fn pipe(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let fault = *state.fault.read();
-        match fault {
-            Fault::Blackhole => continue,
-            Fault::Latency(d) => tokio::time::sleep(d).await,
-            Fault::None | Fault::Refuse => {}
+        loop {
+            let fault = *state.fault.read();
+            match fault {
+                Fault::Pause => tokio::time::sleep(Duration::from_millis(10)).await,
+                Fault::Blackhole => break,
+                Fault::Latency(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                Fault::None | Fault::Refuse => break,
+            }
+        }
+        if *state.fault.read() == Fault::Blackhole {
+            continue;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
@@ -188,6 +202,21 @@ mod tests {
             "partitioned"
         );
         proxy.set_fault(Fault::None);
+        // A pause holds bytes back and loses none.
+        let mut p = TcpStream::connect(proxy.addr()).await.unwrap();
+        proxy.set_fault(Fault::Pause);
+        assert_eq!(
+            roundtrip(&mut p, Duration::from_millis(200)).await,
+            None,
+            "paused"
+        );
+        proxy.set_fault(Fault::None);
+        let mut buf4 = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), p.read_exact(&mut buf4))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf4, b"ping", "the held bytes arrive after the pause");
         proxy.cut_all();
         let mut buf = [0u8; 1];
         let ended = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))

@@ -1,12 +1,25 @@
 //! `zps-chaos`: runs fault scenarios against the built `zero-pub-sub` binary and
 //! writes `target/chaos/report.md` + `report.json`; exits non-zero when the
-//! checker finds a lost, duplicated or reordered acknowledged event.
+//! checker finds a lost, duplicated or reordered acknowledged event, when a
+//! subscriber never catches up, or when publishing never resumes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use zps_chaos::scenario::{self, Provider, Size};
+use zps_chaos::scenarios::{self, Heal, Outcome};
+use zps_chaos::services::Provider;
+use zps_chaos::workload::Size;
+
+/// Every scenario with the providers it applies to.
+const SCENARIOS: &[(&str, &[&str])] = &[
+    ("gateway-kill", &["postgres", "redis", "hybrid"]),
+    ("redis-restart", &["redis", "hybrid"]),
+    ("postgres-restart", &["postgres", "hybrid"]),
+    ("redis-partition", &["redis", "hybrid"]),
+    ("redis-partition-reset", &["redis", "hybrid"]),
+    ("slow-clients", &["memory"]),
+];
 
 #[derive(Parser)]
 #[command(about = "Fault scenarios with an independent checker")]
@@ -17,14 +30,33 @@ struct Args {
     /// CI-sized runs.
     #[arg(long)]
     quick: bool,
-    /// Providers to run on.
-    #[arg(long, value_delimiter = ',', default_value = "postgres,redis,hybrid")]
+    /// Providers to run on (each scenario runs on those of them it applies to).
+    #[arg(long, value_delimiter = ',', default_value = "memory,postgres,redis,hybrid")]
     providers: Vec<String>,
     /// Where the report goes.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-    /// Scenarios (default: all): gateway-kill, redis-restart.
+    /// Scenarios (default: all): gateway-kill, redis-restart, postgres-restart,
+    /// redis-partition, redis-partition-reset, slow-clients.
     scenarios: Vec<String>,
+}
+
+async fn run_one(args: &Args, scenario: &str, provider: &str, size: Size) -> anyhow::Result<Outcome> {
+    let tag = format!(
+        "chaos_{}_{}_{provider}",
+        std::process::id(),
+        scenario.replace('-', "_")
+    );
+    let bin = &args.gateway_bin;
+    match scenario {
+        "gateway-kill" => scenarios::gateway_kill(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
+        "redis-restart" => scenarios::redis_restart(bin, provider, size, &tag).await,
+        "postgres-restart" => scenarios::postgres_restart(bin, provider, size, &tag).await,
+        "redis-partition" => scenarios::redis_partition(bin, provider, Heal::Resume, size, &tag).await,
+        "redis-partition-reset" => scenarios::redis_partition(bin, provider, Heal::Reset, size, &tag).await,
+        "slow-clients" => scenarios::slow_clients(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
 }
 
 #[tokio::main]
@@ -35,36 +67,33 @@ async fn main() -> anyhow::Result<ExitCode> {
         )
         .init();
     let args = Args::parse();
+    for s in &args.scenarios {
+        anyhow::ensure!(
+            SCENARIOS.iter().any(|(name, _)| name == s),
+            "unknown scenario {s}; known: {}",
+            SCENARIOS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        );
+    }
     let size = if args.quick { Size::quick() } else { Size::full() };
-    let wanted = |name: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == name);
     let mut outcomes = Vec::new();
-    for provider in &args.providers {
-        if wanted("gateway-kill") {
-            let tag = format!("chaos_{}_{provider}", std::process::id());
-            let p = Provider::shared(provider, &tag)?;
-            eprintln!("zps-chaos: gateway-kill on {provider}");
-            let o = scenario::gateway_kill(&args.gateway_bin, &p, size, &tag).await?;
+    for (scenario, applies) in SCENARIOS {
+        if !args.scenarios.is_empty() && !args.scenarios.iter().any(|s| s == scenario) {
+            continue;
+        }
+        for provider in applies.iter().filter(|p| args.providers.iter().any(|q| q == *p)) {
+            eprintln!("zps-chaos: {scenario} on {provider}");
+            let o = run_one(&args, scenario, provider, size).await?;
             eprintln!("  {:?}", o.verdict);
             outcomes.push(o);
         }
     }
-    if wanted("redis-restart") && args.providers.iter().any(|p| p == "redis") {
-        let tag = format!("chaos_{}_restart", std::process::id());
-        eprintln!("zps-chaos: redis-restart");
-        let o = scenario::redis_restart(&args.gateway_bin, size, &tag).await?;
-        eprintln!("  {:?}", o.verdict);
-        outcomes.push(o);
-    }
-    let report = scenario::write_report(&args.out, &outcomes)?;
+    let report = zps_chaos::report::write(&args.out, &outcomes)?;
     println!("{}", std::fs::read_to_string(&report)?);
-    let failed: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !o.verdict.clean() || o.converged_ms.is_none())
-        .collect();
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
     for o in &failed {
         eprintln!(
-            "zps-chaos: {} on {} FAILED: {:?}",
-            o.scenario, o.provider, o.verdict.examples
+            "zps-chaos: {} on {} FAILED (converged: {:?}, first ack after the fault: {:?}): {:?}",
+            o.scenario, o.provider, o.converged_ms, o.recovery_ms, o.verdict.examples
         );
     }
     Ok(if failed.is_empty() {

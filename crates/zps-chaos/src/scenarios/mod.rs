@@ -1,0 +1,67 @@
+//! Scenarios: the recording [`Workload`](crate::workload::Workload) around one
+//! fault, judged by the [`checker`](crate::checker).
+
+mod database;
+mod gateway_kill;
+mod partition;
+mod slow_clients;
+
+pub use database::{postgres_restart, redis_restart};
+pub use gateway_kill::gateway_kill;
+pub use partition::{Heal, redis_partition};
+pub use slow_clients::slow_clients;
+
+use serde::Serialize;
+
+use crate::checker::{self, Verdict};
+use crate::workload::Finished;
+
+/// One scenario run, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Scenario name.
+    pub scenario: String,
+    /// Provider name.
+    pub provider: String,
+    /// Publish attempts (answered or not).
+    pub attempts: u64,
+    /// From the fault to the first acknowledged publish after it.
+    pub recovery_ms: Option<u64>,
+    /// From the end of publishing until every subscriber had every acknowledged event.
+    pub converged_ms: Option<u64>,
+    /// Delivery latency p99 over every subscriber and the whole run (publish call → application).
+    pub p99_ms: Option<f64>,
+    /// What the scenario measured beyond the common columns.
+    pub notes: Vec<String>,
+    /// What the checker found.
+    pub verdict: Verdict,
+}
+
+impl Outcome {
+    fn judge(scenario: &str, provider: &str, done: Finished, recovery_ms: Option<u64>) -> Self {
+        Self {
+            scenario: scenario.into(),
+            provider: provider.into(),
+            attempts: done.attempts,
+            recovery_ms,
+            converged_ms: done.converged_ms,
+            p99_ms: done.p99_ms,
+            notes: Vec::new(),
+            verdict: checker::check(&done.history),
+        }
+    }
+
+    /// Passed: nothing lost, doubled or reordered, every subscriber caught up,
+    /// and publishing resumed after the fault.
+    pub fn passed(&self) -> bool {
+        self.verdict.clean() && self.converged_ms.is_some() && self.recovery_ms.is_some()
+    }
+}
+
+/// Gateway flags for a scenario: the provider's, plus client publishing.
+fn gateway_args(provider: &[String], extra: &[&str]) -> Vec<String> {
+    let mut args = provider.to_vec();
+    args.push("--allow-client-publish".into());
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}

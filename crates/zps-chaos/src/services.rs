@@ -1,0 +1,340 @@
+//! The databases a scenario runs against: the machine's shared PostgreSQL and
+//! Redis (with a schema / key prefix of the run's own), or servers of the
+//! scenario's own — a `redis-server` and a throwaway PostgreSQL cluster — that
+//! it can kill and restart without disturbing anything else.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+/// Where the gateways store events, with its flags and its cleanup.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// `postgres`, `redis`, `hybrid`.
+    pub name: String,
+    /// Gateway flags selecting it (with a schema / key prefix of this run).
+    pub args: Vec<String>,
+    /// Shell command that removes this run's data afterwards.
+    pub cleanup: Option<String>,
+}
+
+fn env_or(k: &str, d: &str) -> String {
+    std::env::var(k).unwrap_or_else(|_| d.to_owned())
+}
+
+/// The machine's PostgreSQL (`ZPS_TEST_POSTGRES_URL`).
+pub fn shared_postgres_url() -> String {
+    env_or(
+        "ZPS_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// The machine's Redis (`ZPS_TEST_REDIS_URL`).
+pub fn shared_redis_url() -> String {
+    env_or("ZPS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+impl Provider {
+    /// A provider on the machine's shared databases, with a schema / key prefix named `tag`.
+    pub fn shared(name: &str, tag: &str) -> anyhow::Result<Self> {
+        Self::on(name, tag, &shared_postgres_url(), &shared_redis_url())
+    }
+
+    /// A provider on the given PostgreSQL and Redis URLs (either may be a
+    /// scenario's own server, or a fault proxy in front of one), data named `tag`.
+    pub fn on(name: &str, tag: &str, pg: &str, redis: &str) -> anyhow::Result<Self> {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let prefix = format!("{tag}:");
+        let drop_schema = format!("psql '{pg}' -qc 'DROP SCHEMA IF EXISTS {tag} CASCADE'");
+        let del_keys = format!(
+            "redis-cli -u '{redis}' --scan --pattern '{tag}:*' | xargs -r redis-cli -u '{redis}' del >/dev/null"
+        );
+        Ok(match name {
+            "memory" => Self {
+                name: name.into(),
+                args: Vec::new(),
+                cleanup: None,
+            },
+            "postgres" => Self {
+                name: name.into(),
+                args: s(&[
+                    "--provider",
+                    "postgres",
+                    "--connection",
+                    pg,
+                    "--postgres-schema",
+                    tag,
+                ]),
+                cleanup: Some(drop_schema),
+            },
+            "redis" => Self {
+                name: name.into(),
+                args: s(&[
+                    "--provider",
+                    "redis",
+                    "--connection",
+                    redis,
+                    "--redis-prefix",
+                    &prefix,
+                ]),
+                cleanup: Some(del_keys),
+            },
+            "hybrid" => Self {
+                name: name.into(),
+                args: s(&[
+                    "--provider",
+                    "hybrid",
+                    "--storage-provider",
+                    "postgres",
+                    "--storage-connection",
+                    pg,
+                    "--postgres-schema",
+                    tag,
+                    "--realtime-provider",
+                    "redis",
+                    "--realtime-connection",
+                    redis,
+                    "--redis-prefix",
+                    &prefix,
+                ]),
+                cleanup: Some(format!("{drop_schema}; {del_keys}")),
+            },
+            other => bail!("no setup for provider {other} (memory, postgres, redis, hybrid)"),
+        })
+    }
+
+    /// Removes this run's data (best effort: a scenario's own server may be gone).
+    pub fn clean(&self) {
+        if let Some(cmd) = &self.cleanup {
+            let _ = Command::new("sh")
+                .args(["-c", cmd])
+                .env("PGOPTIONS", "--client-min-messages=warning")
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn scratch_dir(kind: &str, tag: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("zps-chaos-{kind}-{tag}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A `redis-server` of the scenario's own (AOF with `appendfsync always`, so an
+/// acknowledged write survives its SIGKILL), restartable on the same port and data.
+pub struct OwnRedis {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts it in a fresh folder on a free port.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let mut r = Self {
+            dir: scratch_dir("redis", tag)?,
+            port: free_port()?,
+            child: None,
+        };
+        r.up()?;
+        Ok(r)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server is needed for the Redis scenarios")?;
+        self.child = Some(child);
+        wait_listening(self.port, "redis-server")
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.up()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway PostgreSQL cluster of the scenario's own (`initdb` + `pg_ctl`,
+/// fsync on, so an acknowledged commit survives a crash), crashed with an
+/// immediate shutdown — no checkpoint, crash recovery at the next start — and
+/// started again on the same port and data.
+pub struct OwnPostgres {
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+/// The folder holding `initdb` and `pg_ctl`: on `PATH`, or Debian's newest
+/// `/usr/lib/postgresql/N/bin`.
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL server binaries (initdb, pg_ctl) are needed for postgres-restart")?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no initdb under /usr/lib/postgresql/*/bin")
+}
+
+/// Runs a PostgreSQL tool, as the `postgres` user when we are root (the server
+/// refuses to run as root).
+fn pg_tool(bin: &Path, tool: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
+    let out = c.output().with_context(|| format!("cannot run {what}"))?;
+    ensure!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl OwnPostgres {
+    /// `initdb` in a fresh folder, then starts it on a free port.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let dir = scratch_dir("pg", tag)?;
+        let data = dir.join("data");
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "postgres:postgres"]).arg(&dir);
+        // Only needed (and only possible) as root; initdb reports it otherwise.
+        let _ = chown.status();
+        let bin = pg_bin()?;
+        let mut initdb = pg_tool(&bin, "initdb");
+        initdb
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data);
+        run_ok(initdb, "initdb")?;
+        let port = free_port()?;
+        let conf = format!(
+            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             max_connections = 200\nfsync = on\nsynchronous_commit = on\n",
+            data.display()
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?
+            .write_all(conf.as_bytes())?;
+        let pg = Self { dir, data, port };
+        pg.up()?;
+        Ok(pg)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut c = pg_tool(&pg_bin()?, "pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-l"])
+            .arg(self.data.join("server.log"))
+            .args(args);
+        run_ok(c, "pg_ctl")
+    }
+
+    fn up(&self) -> anyhow::Result<()> {
+        self.ctl(&["-w", "-t", "60", "start"])?;
+        wait_listening(self.port, "postgres")
+    }
+
+    /// A crash: every server process aborted at once, nothing flushed beyond what was committed.
+    pub fn crash(&self) -> anyhow::Result<()> {
+        self.ctl(&["-m", "immediate", "-w", "stop"])
+    }
+
+    /// Starts it again on the same port and data (crash recovery first).
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        self.up()
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self.ctl(&["-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,316 @@
+//! The recording workload every scenario runs around its fault: subscribers
+//! that log every event and discontinuity their application receives (and how
+//! late each event arrived), publishers that retry an unanswered publish with
+//! the same id and log every acknowledgement.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::json;
+use zps_client::{Backoff, Client, ClientEvent, ClientOptions, OutgoingEvent, SubscribeOptions};
+
+use crate::checker::{History, Seen};
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    /// Subscribing clients (each on every room).
+    pub subscribers: usize,
+    /// Publishing clients.
+    pub publishers: usize,
+    /// Rooms.
+    pub rooms: usize,
+    /// Load before the fault, and again after it.
+    pub phase: Duration,
+}
+
+impl Size {
+    /// CI-sized.
+    pub fn quick() -> Self {
+        Self {
+            subscribers: 4,
+            publishers: 2,
+            rooms: 4,
+            phase: Duration::from_millis(1500),
+        }
+    }
+
+    /// The full run.
+    pub fn full() -> Self {
+        Self {
+            subscribers: 20,
+            publishers: 4,
+            rooms: 8,
+            phase: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Client options of the workload: quick reconnects, bounded waits.
+pub fn options(id: String) -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.subscriber_id = id;
+    o.reconnect = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_millis(500),
+        max_attempts: None,
+    };
+    o.request_timeout = Duration::from_secs(5);
+    o.connect_timeout = Duration::from_secs(2);
+    o
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Delivery latency (publish call → subscriber's application), microseconds.
+pub type Latency = Arc<Mutex<Histogram<u64>>>;
+
+fn latency() -> Latency {
+    // 1 µs .. 10 min, 3 significant digits: `new_with_bounds` only fails on bad bounds.
+    Arc::new(Mutex::new(
+        Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant, valid bounds"),
+    ))
+}
+
+/// A group of recording subscribers, each on every room from its start.
+pub struct Subscribers {
+    /// What each one's application received, in order.
+    pub seen: Vec<Arc<Mutex<Vec<Seen>>>>,
+    /// Delivery latency over the group.
+    pub latency: Latency,
+    clients: Vec<Client>,
+}
+
+/// Recording clients: subscribers from the start of every room, publishers in a loop.
+pub struct Workload {
+    rooms: Vec<String>,
+    tag: String,
+    history: Arc<Mutex<History>>,
+    groups: Vec<Subscribers>,
+    publishers: Vec<(Client, tokio::task::JoinHandle<u64>)>,
+    stop: Arc<AtomicBool>,
+    /// When each acknowledgement arrived.
+    pub ack_times: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Workload {
+    /// `size.subscribers` subscribers and `size.publishers` publishers on `url`.
+    pub async fn start(url: &str, size: Size, tag: &str) -> anyhow::Result<Self> {
+        let mut w = Self::new(size.rooms, tag);
+        w.subscribe(url, size.subscribers).await?;
+        w.publish(url, size.publishers)?;
+        Ok(w)
+    }
+
+    /// No clients yet: add them with [`Workload::subscribe`] and [`Workload::publish`].
+    pub fn new(rooms: usize, tag: &str) -> Self {
+        Self {
+            rooms: (0..rooms).map(|i| format!("chaos:{tag}-{i}")).collect(),
+            tag: tag.to_owned(),
+            history: Arc::default(),
+            groups: Vec::new(),
+            publishers: Vec::new(),
+            stop: Arc::default(),
+            ack_times: Arc::default(),
+        }
+    }
+
+    /// Adds a group of `n` subscribers on `url`; returns the group's index.
+    pub async fn subscribe(&mut self, url: &str, n: usize) -> anyhow::Result<usize> {
+        let group = self.groups.len();
+        let mut g = Subscribers {
+            seen: Vec::new(),
+            latency: latency(),
+            clients: Vec::new(),
+        };
+        for s in 0..n {
+            let client = Client::connect(url, options(format!("sub-{}-{group}-{s}", self.tag)))?;
+            let mut sub = client
+                .subscribe_with_options(self.rooms.clone(), SubscribeOptions::new().after(0))
+                .await
+                .context("subscribe")?;
+            let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+            let (log, lat) = (seen.clone(), g.latency.clone());
+            tokio::spawn(async move {
+                while let Some(item) = sub.next().await {
+                    let item = match item {
+                        ClientEvent::Event(e) => {
+                            if let Ok(p) = e.payload_as::<serde_json::Value>()
+                                && let Some(t) = p["t"].as_u64()
+                            {
+                                let _ = lat.lock().record(unix_micros().saturating_sub(t).max(1));
+                            }
+                            Seen::Event {
+                                room: e.room.as_str().to_owned(),
+                                sequence: e.sequence,
+                                id: e.id.clone(),
+                            }
+                        }
+                        ClientEvent::Discontinuity {
+                            room,
+                            reason,
+                            earliest_sequence,
+                            last_delivered,
+                            ..
+                        } => Seen::Discontinuity {
+                            room,
+                            reason: reason.as_str().to_owned(),
+                            last_delivered,
+                            earliest: earliest_sequence,
+                        },
+                        _ => continue,
+                    };
+                    log.lock().push(item);
+                }
+            });
+            g.seen.push(seen);
+            g.clients.push(client);
+        }
+        self.groups.push(g);
+        Ok(group)
+    }
+
+    /// Adds `n` publishers on `url`, each publishing round-robin over the rooms
+    /// until [`Workload::finish`].
+    pub fn publish(&mut self, url: &str, n: usize) -> anyhow::Result<()> {
+        for _ in 0..n {
+            let p = self.publishers.len();
+            let client = Client::connect(url, options(format!("pub-{}-{p}", self.tag)))?;
+            let (history, stop, rooms, ack_times, c) = (
+                self.history.clone(),
+                self.stop.clone(),
+                self.rooms.clone(),
+                self.ack_times.clone(),
+                client.clone(),
+            );
+            let task = tokio::spawn(async move {
+                let mut attempts = 0u64;
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let room = &rooms[(p + n) % rooms.len()];
+                    let id = format!("p{p}-{n}");
+                    // Retry the same id until answered: the id makes it idempotent.
+                    loop {
+                        attempts += 1;
+                        let body = json!({"n": n, "t": unix_micros()});
+                        let Ok(event) = OutgoingEvent::new(room.clone(), "chaos", &body) else {
+                            break;
+                        };
+                        match c.publish(event.with_id(id.clone())).await {
+                            Ok(done) => {
+                                history.lock().ack(room, done.sequence, &id);
+                                ack_times.lock().push(Instant::now());
+                                break;
+                            }
+                            Err(_) if stop.load(Ordering::Relaxed) => break,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                attempts
+            });
+            self.publishers.push((client, task));
+        }
+        Ok(())
+    }
+
+    /// The subscriber group `i`.
+    pub fn group(&self, i: usize) -> &Subscribers {
+        &self.groups[i]
+    }
+
+    /// The first acknowledgement after `t`, as milliseconds after it.
+    pub fn first_ack_after(&self, t: Instant, skip: Duration) -> Option<u64> {
+        self.ack_times
+            .lock()
+            .iter()
+            .find(|a| a.saturating_duration_since(t) > skip)
+            .map(|a| a.duration_since(t).as_millis() as u64)
+    }
+
+    /// Stops publishing, waits until every subscriber has every acknowledged event
+    /// (or `bound` passes), closes the clients and returns what was recorded.
+    pub async fn finish(mut self, bound: Duration) -> Finished {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut attempts = 0;
+        for (_, p) in &mut self.publishers {
+            attempts += p.await.unwrap_or(0);
+        }
+        let started = Instant::now();
+        let heads: HashMap<String, u64> = self
+            .history
+            .lock()
+            .acked
+            .iter()
+            .map(|(r, m)| (r.clone(), m.keys().next_back().copied().unwrap_or(0)))
+            .collect();
+        let all_seen: Vec<_> = self.groups.iter().flat_map(|g| g.seen.iter()).collect();
+        let mut converged = None;
+        while started.elapsed() < bound {
+            let done = all_seen.iter().all(|seen| {
+                let seen = seen.lock();
+                heads.iter().all(|(room, head)| {
+                    seen.iter().any(|s| matches!(s, Seen::Event { room: r, sequence, .. } if r == room && sequence >= head))
+                })
+            });
+            if done {
+                converged = Some(started.elapsed().as_millis() as u64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for c in self
+            .groups
+            .iter()
+            .flat_map(|g| g.clients.iter())
+            .chain(self.publishers.iter().map(|(c, _)| c))
+        {
+            c.close().await;
+        }
+        let mut history = self.history.lock().clone();
+        history.subscribers = all_seen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("sub-{i}"), s.lock().clone()))
+            .collect();
+        let mut latency = Histogram::<u64>::new(3).expect("constant, valid precision");
+        for g in &self.groups {
+            let _ = latency.add(&*g.latency.lock());
+        }
+        Finished {
+            history,
+            attempts,
+            converged_ms: converged,
+            p99_ms: p99_ms(&latency),
+        }
+    }
+}
+
+/// The 99th percentile of a latency histogram (µs) in milliseconds.
+pub fn p99_ms(h: &Histogram<u64>) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99) as f64 / 1000.0)
+}
+
+/// What a finished workload recorded.
+pub struct Finished {
+    /// Acknowledgements and deliveries, for the checker.
+    pub history: History,
+    /// Publish attempts (answered or not).
+    pub attempts: u64,
+    /// From the end of publishing until every subscriber had every acknowledged event.
+    pub converged_ms: Option<u64>,
+    /// Delivery latency p99 over every subscriber, publish call to application.
+    pub p99_ms: Option<f64>,
+}
