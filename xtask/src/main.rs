@@ -60,8 +60,9 @@ fn print_help() {
                                    fault scenarios against real gateway processes with an
                                    independent checker (scenarios: gateway-kill, redis-restart,
                                    postgres-restart, redis-partition, redis-partition-reset,
-                                   slow-clients; providers: memory, postgres, redis, hybrid);
-                                   report in target/chaos/report.md; `test` runs the --quick set
+                                   slow-clients, reconnect-storm, memory-soak [--soak-secs N];
+                                   providers: memory, sqlite, postgres, redis, hybrid); report in
+                                   target/chaos/report.md; `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)
   services                         make PostgreSQL and Redis reachable (start or install)"

@@ -38,6 +38,8 @@ pub struct History {
     pub acked: HashMap<String, BTreeMap<u64, String>>,
     /// Per subscriber: what its application received, in order.
     pub subscribers: Vec<(String, Vec<Seen>)>,
+    /// The rooms of subscribers that did not subscribe to every room (by name).
+    pub rooms_of: HashMap<String, HashSet<String>>,
 }
 
 impl History {
@@ -90,7 +92,8 @@ impl Verdict {
     }
 }
 
-/// Checks every subscriber (each subscribed to every acked room from the start).
+/// Checks every subscriber, each subscribed from the start to its rooms
+/// ([`History::rooms_of`]; every acknowledged room when not listed there).
 pub fn check(history: &History) -> Verdict {
     let mut v = Verdict {
         acked: history.acked.values().map(|m| m.len() as u64).sum(),
@@ -152,7 +155,11 @@ pub fn check(history: &History) -> Verdict {
                 }
             }
         }
+        let mine = history.rooms_of.get(name);
         for (room, by_seq) in &history.acked {
+            if mine.is_some_and(|rooms| !rooms.contains(room)) {
+                continue;
+            }
             let received = got.get(room.as_str());
             for (seq, id) in by_seq {
                 let covered = excused
@@ -189,6 +196,18 @@ mod tests {
         }
         h.subscribers.push(("s".into(), seen));
         h
+    }
+
+    #[test]
+    fn a_subscriber_is_held_only_to_its_own_rooms() {
+        let mut h = history(vec![ev("r:1", 1, "a"), ev("r:1", 2, "b"), ev("r:1", 3, "c")]);
+        h.ack("r:2", 1, "x");
+        assert_eq!(check(&h).lost, 1, "subscribed to every room: r:2 #1 is missing");
+        h.rooms_of.insert("s".into(), HashSet::from(["r:1".to_owned()]));
+        assert!(check(&h).clean(), "{:?}", check(&h));
+        h.rooms_of
+            .insert("s".into(), HashSet::from(["r:1".to_owned(), "r:2".to_owned()]));
+        assert_eq!(check(&h).lost, 1);
     }
 
     #[test]

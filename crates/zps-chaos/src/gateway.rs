@@ -18,9 +18,14 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `bin gateway --port 0 ARGS…` and waits for the line naming its address.
     pub fn start(bin: &Path, args: &[String]) -> anyhow::Result<Self> {
+        Self::start_on(bin, 0, args)
+    }
+
+    /// The same on `port` (0: any free one), e.g. a restart where clients expect it.
+    pub fn start_on(bin: &Path, port: u16, args: &[String]) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
             .arg("gateway")
-            .args(["--port", "0"])
+            .args(["--port", &port.to_string()])
             // The workload measures faults, not the per-connection rate limit (100/s by default).
             .args(["--max-messages-per-window", "1000000"])
             .args(args)
@@ -43,6 +48,11 @@ impl GatewayProcess {
             addr: addr.parse().context("gateway address")?,
             child,
         })
+    }
+
+    /// Its process id (to read its open files and memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, then reap.

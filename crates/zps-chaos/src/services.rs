@@ -58,6 +58,15 @@ impl Provider {
                 args: Vec::new(),
                 cleanup: None,
             },
+            "sqlite" => {
+                // One file per gateway process: for scenarios that restart one gateway on it.
+                let dir = std::env::temp_dir().join(format!("zps-chaos-sqlite-{tag}"));
+                Self {
+                    name: name.into(),
+                    args: s(&["--provider", "sqlite", "--data-dir", &dir.display().to_string()]),
+                    cleanup: Some(format!("rm -rf '{}'", dir.display())),
+                }
+            }
             "postgres" => Self {
                 name: name.into(),
                 args: s(&[
@@ -102,7 +111,7 @@ impl Provider {
                 ]),
                 cleanup: Some(format!("{drop_schema}; {del_keys}")),
             },
-            other => bail!("no setup for provider {other} (memory, postgres, redis, hybrid)"),
+            other => bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid)"),
         })
     }
 

@@ -28,6 +28,8 @@ pub struct Size {
     pub rooms: usize,
     /// Load before the fault, and again after it.
     pub phase: Duration,
+    /// Clients of the reconnect storm.
+    pub storm_clients: usize,
 }
 
 impl Size {
@@ -38,6 +40,7 @@ impl Size {
             publishers: 2,
             rooms: 4,
             phase: Duration::from_millis(1500),
+            storm_clients: 1_000,
         }
     }
 
@@ -48,6 +51,7 @@ impl Size {
             publishers: 4,
             rooms: 8,
             phase: Duration::from_secs(5),
+            storm_clients: 10_000,
         }
     }
 }
@@ -72,6 +76,9 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What one subscriber's application received, in order.
+pub type Log = Arc<Mutex<Vec<Seen>>>;
+
 /// Delivery latency (publish call → subscriber's application), microseconds.
 pub type Latency = Arc<Mutex<Histogram<u64>>>;
 
@@ -85,10 +92,13 @@ fn latency() -> Latency {
 /// A group of recording subscribers, each on every room from its start.
 pub struct Subscribers {
     /// What each one's application received, in order.
-    pub seen: Vec<Arc<Mutex<Vec<Seen>>>>,
+    pub seen: Vec<Log>,
     /// Delivery latency over the group.
     pub latency: Latency,
-    clients: Vec<Client>,
+    /// The clients, to watch their connection state.
+    pub clients: Vec<Client>,
+    /// Each one's rooms, when not every room.
+    rooms: Vec<Option<Vec<String>>>,
 }
 
 /// Recording clients: subscribers from the start of every room, publishers in a loop.
@@ -125,64 +135,109 @@ impl Workload {
         }
     }
 
-    /// Adds a group of `n` subscribers on `url`; returns the group's index.
+    /// Adds a group of `n` subscribers on `url`, each on every room; returns the group's index.
     pub async fn subscribe(&mut self, url: &str, n: usize) -> anyhow::Result<usize> {
+        self.subscribe_spread(url, n, false).await
+    }
+
+    /// Adds a group of `n` subscribers on `url`: each on every room, or with
+    /// `one_room_each` subscriber `i` on room `i mod rooms` only. Connects up to
+    /// 64 at a time. Returns the group's index.
+    pub async fn subscribe_spread(
+        &mut self,
+        url: &str,
+        n: usize,
+        one_room_each: bool,
+    ) -> anyhow::Result<usize> {
         let group = self.groups.len();
+        let latency = latency();
+        let rooms_of = |s: usize| -> Vec<String> {
+            if one_room_each {
+                vec![self.rooms[s % self.rooms.len()].clone()]
+            } else {
+                self.rooms.clone()
+            }
+        };
+        let joined: Vec<anyhow::Result<(Client, Log)>> = futures::stream::iter((0..n).map(|s| {
+            let rooms = rooms_of(s);
+            let id = format!("sub-{}-{group}-{s}", self.tag);
+            Self::subscriber(url, id, rooms, latency.clone())
+        }))
+        .buffered(64)
+        .collect()
+        .await;
         let mut g = Subscribers {
             seen: Vec::new(),
-            latency: latency(),
+            latency,
             clients: Vec::new(),
+            rooms: Vec::new(),
         };
-        for s in 0..n {
-            let client = Client::connect(url, options(format!("sub-{}-{group}-{s}", self.tag)))?;
-            let mut sub = client
-                .subscribe_with_options(self.rooms.clone(), SubscribeOptions::new().after(0))
-                .await
-                .context("subscribe")?;
-            let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-            let (log, lat) = (seen.clone(), g.latency.clone());
-            tokio::spawn(async move {
-                while let Some(item) = sub.next().await {
-                    let item = match item {
-                        ClientEvent::Event(e) => {
-                            if let Ok(p) = e.payload_as::<serde_json::Value>()
-                                && let Some(t) = p["t"].as_u64()
-                            {
-                                let _ = lat.lock().record(unix_micros().saturating_sub(t).max(1));
-                            }
-                            Seen::Event {
-                                room: e.room.as_str().to_owned(),
-                                sequence: e.sequence,
-                                id: e.id.clone(),
-                            }
-                        }
-                        ClientEvent::Discontinuity {
-                            room,
-                            reason,
-                            earliest_sequence,
-                            last_delivered,
-                            ..
-                        } => Seen::Discontinuity {
-                            room,
-                            reason: reason.as_str().to_owned(),
-                            last_delivered,
-                            earliest: earliest_sequence,
-                        },
-                        _ => continue,
-                    };
-                    log.lock().push(item);
-                }
-            });
+        for (s, j) in joined.into_iter().enumerate() {
+            let (client, seen) = j?;
             g.seen.push(seen);
             g.clients.push(client);
+            g.rooms.push(one_room_each.then(|| rooms_of(s)));
         }
         self.groups.push(g);
         Ok(group)
     }
 
+    async fn subscriber(
+        url: &str,
+        id: String,
+        rooms: Vec<String>,
+        lat: Latency,
+    ) -> anyhow::Result<(Client, Log)> {
+        let client = Client::connect(url, options(id))?;
+        let mut sub = client
+            .subscribe_with_options(rooms, SubscribeOptions::new().after(0))
+            .await
+            .context("subscribe")?;
+        let seen: Log = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Some(item) = sub.next().await {
+                let item = match item {
+                    ClientEvent::Event(e) => {
+                        if let Ok(p) = e.payload_as::<serde_json::Value>()
+                            && let Some(t) = p["t"].as_u64()
+                        {
+                            let _ = lat.lock().record(unix_micros().saturating_sub(t).max(1));
+                        }
+                        Seen::Event {
+                            room: e.room.as_str().to_owned(),
+                            sequence: e.sequence,
+                            id: e.id.clone(),
+                        }
+                    }
+                    ClientEvent::Discontinuity {
+                        room,
+                        reason,
+                        earliest_sequence,
+                        last_delivered,
+                        ..
+                    } => Seen::Discontinuity {
+                        room,
+                        reason: reason.as_str().to_owned(),
+                        last_delivered,
+                        earliest: earliest_sequence,
+                    },
+                    _ => continue,
+                };
+                log.lock().push(item);
+            }
+        });
+        Ok((client, seen))
+    }
+
     /// Adds `n` publishers on `url`, each publishing round-robin over the rooms
-    /// until [`Workload::finish`].
+    /// (one every ~2 ms) until [`Workload::finish`].
     pub fn publish(&mut self, url: &str, n: usize) -> anyhow::Result<()> {
+        self.publish_every(url, n, Duration::from_millis(2))
+    }
+
+    /// The same, with `pause` between one publisher's publishes.
+    pub fn publish_every(&mut self, url: &str, n: usize, pause: Duration) -> anyhow::Result<()> {
         for _ in 0..n {
             let p = self.publishers.len();
             let client = Client::connect(url, options(format!("pub-{}-{p}", self.tag)))?;
@@ -217,7 +272,7 @@ impl Workload {
                         }
                     }
                     n += 1;
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(pause).await;
                 }
                 attempts
             });
@@ -257,11 +312,12 @@ impl Workload {
             .map(|(r, m)| (r.clone(), m.keys().next_back().copied().unwrap_or(0)))
             .collect();
         let all_seen: Vec<_> = self.groups.iter().flat_map(|g| g.seen.iter()).collect();
+        let all_rooms: Vec<_> = self.groups.iter().flat_map(|g| g.rooms.iter()).collect();
         let mut converged = None;
         while started.elapsed() < bound {
-            let done = all_seen.iter().all(|seen| {
+            let done = all_seen.iter().zip(&all_rooms).all(|(seen, mine)| {
                 let seen = seen.lock();
-                heads.iter().all(|(room, head)| {
+                heads.iter().filter(|(room, _)| mine.as_ref().is_none_or(|m| m.contains(room))).all(|(room, head)| {
                     seen.iter().any(|s| matches!(s, Seen::Event { room: r, sequence, .. } if r == room && sequence >= head))
                 })
             });
@@ -284,6 +340,11 @@ impl Workload {
             .iter()
             .enumerate()
             .map(|(i, s)| (format!("sub-{i}"), s.lock().clone()))
+            .collect();
+        history.rooms_of = all_rooms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((format!("sub-{i}"), r.as_ref()?.iter().cloned().collect())))
             .collect();
         let mut latency = Histogram::<u64>::new(3).expect("constant, valid precision");
         for g in &self.groups {

@@ -19,6 +19,8 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("redis-partition", &["redis", "hybrid"]),
     ("redis-partition-reset", &["redis", "hybrid"]),
     ("slow-clients", &["memory"]),
+    ("reconnect-storm", &["redis", "sqlite"]),
+    ("memory-soak", &["redis"]),
 ];
 
 #[derive(Parser)]
@@ -31,13 +33,20 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Providers to run on (each scenario runs on those of them it applies to).
-    #[arg(long, value_delimiter = ',', default_value = "memory,postgres,redis,hybrid")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "memory,sqlite,postgres,redis,hybrid"
+    )]
     providers: Vec<String>,
+    /// How long the memory soak runs [default: 1800, 120 with --quick].
+    #[arg(long)]
+    soak_secs: Option<u64>,
     /// Where the report goes.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
     /// Scenarios (default: all): gateway-kill, redis-restart, postgres-restart,
-    /// redis-partition, redis-partition-reset, slow-clients.
+    /// redis-partition, redis-partition-reset, slow-clients, reconnect-storm, memory-soak.
     scenarios: Vec<String>,
 }
 
@@ -55,6 +64,15 @@ async fn run_one(args: &Args, scenario: &str, provider: &str, size: Size) -> any
         "redis-partition" => scenarios::redis_partition(bin, provider, Heal::Resume, size, &tag).await,
         "redis-partition-reset" => scenarios::redis_partition(bin, provider, Heal::Reset, size, &tag).await,
         "slow-clients" => scenarios::slow_clients(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
+        "reconnect-storm" => {
+            let p = Provider::shared(provider, &tag)?;
+            scenarios::reconnect_storm(bin, &p, size, size.storm_clients, &tag).await
+        }
+        "memory-soak" => {
+            let secs = args.soak_secs.unwrap_or(if args.quick { 120 } else { 1800 });
+            let p = Provider::shared(provider, &tag)?;
+            scenarios::memory_soak(bin, &p, size, std::time::Duration::from_secs(secs), &tag).await
+        }
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }

@@ -5,11 +5,15 @@ mod database;
 mod gateway_kill;
 mod partition;
 mod slow_clients;
+mod soak;
+mod storm;
 
 pub use database::{postgres_restart, redis_restart};
 pub use gateway_kill::gateway_kill;
 pub use partition::{Heal, redis_partition};
 pub use slow_clients::slow_clients;
+pub use soak::memory_soak;
+pub use storm::reconnect_storm;
 
 use serde::Serialize;
 
@@ -33,6 +37,8 @@ pub struct Outcome {
     pub p99_ms: Option<f64>,
     /// What the scenario measured beyond the common columns.
     pub notes: Vec<String>,
+    /// The gateway's memory grew after the warm-up (the soak).
+    pub leaked: bool,
     /// What the checker found.
     pub verdict: Verdict,
 }
@@ -47,14 +53,15 @@ impl Outcome {
             converged_ms: done.converged_ms,
             p99_ms: done.p99_ms,
             notes: Vec::new(),
+            leaked: false,
             verdict: checker::check(&done.history),
         }
     }
 
     /// Passed: nothing lost, doubled or reordered, every subscriber caught up,
-    /// and publishing resumed after the fault.
+    /// publishing resumed after the fault, and memory stayed flat.
     pub fn passed(&self) -> bool {
-        self.verdict.clean() && self.converged_ms.is_some() && self.recovery_ms.is_some()
+        self.verdict.clean() && self.converged_ms.is_some() && self.recovery_ms.is_some() && !self.leaked
     }
 }
 
