@@ -347,3 +347,144 @@ impl Drop for OwnPostgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis Cluster of the scenario's own: three primaries and three replicas
+/// (`redis-server` processes on free ports, AOF with `appendfsync always`,
+/// 1 s node timeout), built with `redis-cli --cluster create`.
+pub struct OwnRedisCluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+}
+
+impl OwnRedisCluster {
+    /// Starts the six nodes and joins them into one cluster.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let dir = scratch_dir("redis-cluster", tag)?;
+        let ports = (0..6).map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
+        let mut c = Self {
+            dir,
+            children: ports.iter().map(|_| None).collect(),
+            ports,
+        };
+        for i in 0..c.ports.len() {
+            c.up(i)?;
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for p in &c.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        run_ok(create, "redis-cli --cluster create")?;
+        c.wait_ok()?;
+        Ok(c)
+    }
+
+    fn up(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.ports[i].to_string();
+        let dir = self.dir.join(&port);
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            .args(["--cluster-config-file", "nodes.conf"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server is needed for the Redis Cluster scenario")?;
+        self.children[i] = Some(child);
+        wait_listening(self.ports[i], "redis-server (cluster node)")
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`.
+    pub fn wait_ok(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.ports.iter().enumerate().all(|(i, p)| {
+                self.children[i].is_none()
+                    || self
+                        .cli(*p, &["cluster", "info"])
+                        .is_some_and(|s| s.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not reach cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `redis-cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.ports[0]);
+        for (i, p) in self.ports.iter().enumerate().skip(1) {
+            url.push(if i == 1 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{p}"));
+        }
+        url
+    }
+
+    /// The index of the primary serving `key`'s slot right now.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let port = self.ports[self.children.iter().position(Option::is_some)?];
+        let slot: u16 = self
+            .cli(port, &["cluster", "keyslot", key])?
+            .trim()
+            .parse()
+            .ok()?;
+        let nodes = self.cli(port, &["cluster", "nodes"])?;
+        let addr = nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let serves = f.get(2)?.contains("master")
+                && f.iter().skip(8).any(|range| {
+                    let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>().ok());
+                    match (ends.next().flatten(), ends.next()) {
+                        (Some(a), Some(Some(b))) => (a..=b).contains(&slot),
+                        (Some(a), None) => a == slot,
+                        _ => false,
+                    }
+                });
+            serves.then(|| f[1].split('@').next().unwrap_or_default().to_owned())
+        })?;
+        self.ports.iter().position(|p| addr == format!("127.0.0.1:{p}"))
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts node `i` again on its port and data (it rejoins, as a replica once failed over).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.up(i)
+    }
+}
+
+impl Drop for OwnRedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -295,6 +295,20 @@ impl Workload {
             .map(|a| a.duration_since(t).as_millis() as u64)
     }
 
+    /// The longest wait from `t` to an acknowledgement or between two after it
+    /// (publishers stalled on a room whose shard was failing over, say), in milliseconds.
+    pub fn longest_ack_gap_after(&self, t: Instant) -> u64 {
+        let times = self.ack_times.lock();
+        let mut after: Vec<Instant> = times.iter().copied().filter(|a| *a >= t).collect();
+        after.push(t);
+        after.sort();
+        after
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]).as_millis() as u64)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Stops publishing, waits until every subscriber has every acknowledged event
     /// (or `bound` passes), closes the clients and returns what was recorded.
     pub async fn finish(mut self, bound: Duration) -> Finished {

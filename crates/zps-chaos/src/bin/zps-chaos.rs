@@ -18,6 +18,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("postgres-restart", &["postgres", "hybrid"]),
     ("redis-partition", &["redis", "hybrid"]),
     ("redis-partition-reset", &["redis", "hybrid"]),
+    ("redis-cluster-failover", &["redis"]),
     ("slow-clients", &["memory"]),
     ("reconnect-storm", &["redis", "sqlite"]),
     ("memory-soak", &["redis"]),
@@ -46,7 +47,8 @@ struct Args {
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
     /// Scenarios (default: all): gateway-kill, redis-restart, postgres-restart,
-    /// redis-partition, redis-partition-reset, slow-clients, reconnect-storm, memory-soak.
+    /// redis-partition, redis-partition-reset, redis-cluster-failover, slow-clients,
+    /// reconnect-storm, memory-soak.
     scenarios: Vec<String>,
 }
 
@@ -63,6 +65,7 @@ async fn run_one(args: &Args, scenario: &str, provider: &str, size: Size) -> any
         "postgres-restart" => scenarios::postgres_restart(bin, provider, size, &tag).await,
         "redis-partition" => scenarios::redis_partition(bin, provider, Heal::Resume, size, &tag).await,
         "redis-partition-reset" => scenarios::redis_partition(bin, provider, Heal::Reset, size, &tag).await,
+        "redis-cluster-failover" => scenarios::redis_cluster_failover(bin, size, &tag).await,
         "slow-clients" => scenarios::slow_clients(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
         "reconnect-storm" => {
             let p = Provider::shared(provider, &tag)?;

@@ -27,7 +27,7 @@ pub async fn redis_restart(bin: &Path, provider: &str, size: Size, tag: &str) ->
     let down_at = Instant::now();
     tokio::time::sleep(DOWN).await;
     redis.restart()?;
-    // The gateway's Redis client backs off up to 5 s between reconnects: give acks time to resume.
+    // Time for the gateway's Redis client to reconnect (it backs off up to 1 s) and acks to resume.
     tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
     let recovery = work.first_ack_after(down_at, DOWN);
     let done = work.finish(Duration::from_secs(30)).await;

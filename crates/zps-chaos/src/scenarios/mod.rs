@@ -1,6 +1,7 @@
 //! Scenarios: the recording [`Workload`](crate::workload::Workload) around one
 //! fault, judged by the [`checker`](crate::checker).
 
+mod cluster;
 mod database;
 mod gateway_kill;
 mod partition;
@@ -8,6 +9,7 @@ mod slow_clients;
 mod soak;
 mod storm;
 
+pub use cluster::redis_cluster_failover;
 pub use database::{postgres_restart, redis_restart};
 pub use gateway_kill::gateway_kill;
 pub use partition::{Heal, redis_partition};
