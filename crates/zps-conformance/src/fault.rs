@@ -31,6 +31,7 @@ pub struct FaultyTransport {
     cross_process: Option<bool>,
     history: Option<bool>,
     failing_replays: AtomicU32,
+    stalled_fanout: tokio::sync::watch::Sender<bool>,
 }
 
 impl FaultyTransport {
@@ -44,7 +45,14 @@ impl FaultyTransport {
             cross_process: None,
             history: None,
             failing_replays: AtomicU32::new(0),
+            stalled_fanout: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// While `true`, `fanout` calls hang (a fan-out server failing over or
+    /// partitioned away); they carry on when it is set back to `false`.
+    pub fn stall_fanout(&self, stalled: bool) {
+        self.stalled_fanout.send_replace(stalled);
     }
 
     /// Rewrites every live stream.
@@ -108,6 +116,9 @@ impl Transport for FaultyTransport {
         self.inner.publish(event).await
     }
     async fn fanout(&self, envelope: Arc<Envelope>) -> Result<()> {
+        let mut stalled = self.stalled_fanout.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail while we run.
+        let _ = stalled.wait_for(|s| !*s).await;
         let Some(rewrite) = &self.fanout else {
             return self.inner.fanout(envelope).await;
         };

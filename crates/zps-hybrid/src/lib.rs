@@ -51,6 +51,10 @@ pub struct HybridConfig {
     /// Every live stream re-reads storage this often, so an event whose fan-out
     /// was lost is delivered even if no later event reveals the hole. `None` disables.
     pub resync_interval: Option<Duration>,
+    /// Longest a publish waits for its fan-out before it is answered anyway: the
+    /// event is stored, so a fan-out leg that hangs (Redis failing over,
+    /// partitioned) must not stop publishing; subscribers read it from storage.
+    pub fanout_timeout: Duration,
 }
 
 impl Default for HybridConfig {
@@ -58,6 +62,7 @@ impl Default for HybridConfig {
         Self {
             reorder_window: Duration::from_millis(100),
             resync_interval: Some(Duration::from_secs(30)),
+            fanout_timeout: Duration::from_millis(250),
         }
     }
 }
@@ -97,12 +102,17 @@ impl HybridTransport {
     }
 
     async fn fan_out(&self, envelope: Arc<Envelope>) {
-        if let Err(e) = self.realtime.fanout(envelope.clone()).await {
-            self.fanout_failures.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("zps_hybrid_fanout_failures_total").increment(1);
-            tracing::warn!(room = %envelope.room, sequence = envelope.sequence, error = %e,
-                "fan-out failed; the event is stored and subscribers will read it from storage");
-        }
+        let sent =
+            tokio::time::timeout(self.config.fanout_timeout, self.realtime.fanout(envelope.clone())).await;
+        let error = match sent {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {:?}", self.config.fanout_timeout),
+        };
+        self.fanout_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("zps_hybrid_fanout_failures_total").increment(1);
+        tracing::warn!(room = %envelope.room, sequence = envelope.sequence, error = %error,
+            "fan-out failed; the event is stored and subscribers will read it from storage");
     }
 }
 

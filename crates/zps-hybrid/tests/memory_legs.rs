@@ -80,6 +80,7 @@ async fn lost_and_reordered_fanout_is_repaired_from_storage() {
     let config = HybridConfig {
         reorder_window: Duration::from_millis(20),
         resync_interval: Some(Duration::from_millis(200)),
+        ..HybridConfig::default()
     };
     let node_a = Realtime::new(Arc::new(HybridTransport::new(
         Arc::new(storage.clone()),
@@ -140,6 +141,7 @@ async fn a_lost_last_event_is_delivered_by_the_periodic_resync() {
     let config = HybridConfig {
         reorder_window: Duration::from_millis(50),
         resync_interval: Some(Duration::from_secs(5)),
+        ..HybridConfig::default()
     };
     let hybrid = Arc::new(HybridTransport::new(
         Arc::new(storage.clone()),
@@ -198,4 +200,49 @@ async fn health_is_degraded_not_down_when_the_fanout_leg_fails() {
     assert_eq!(h.transport.details["fanoutFailures"], 1);
     let page = rt.replay(ReplayQuery::new(chat, 0)).await.unwrap();
     assert_eq!(seqs(&page.events), vec![1]);
+}
+
+/// A fan-out leg that hangs (Redis failing over, partitioned away) does not stop
+/// publishing: the publish is answered after `fanout_timeout`, the event is
+/// stored, and the failure is counted (found by the fault suite's Redis Cluster
+/// failover on hybrid: publishing stalled for the whole failover).
+#[tokio::test(start_paused = true)]
+async fn a_hanging_fanout_leg_delays_a_publish_by_the_fanout_timeout_at_most() {
+    let storage = MemoryTransport::default();
+    let bus = Arc::new(FaultyTransport::new(Arc::new(MemoryTransport::default())).cross_process(true));
+    let config = HybridConfig {
+        fanout_timeout: Duration::from_millis(250),
+        ..HybridConfig::default()
+    };
+    let hybrid = Arc::new(HybridTransport::new(
+        Arc::new(storage.clone()),
+        bus.clone(),
+        config,
+    ));
+    let rt = Realtime::new(hybrid.clone());
+    let chat = unique_room("chat");
+    bus.stall_fanout(true);
+    let started = tokio::time::Instant::now();
+    let publish = rt.publish(PublishRequest::new(chat.clone(), "t", &json!({})).unwrap());
+    let e = tokio::time::timeout(Duration::from_secs(5), publish)
+        .await
+        .expect("the publish waited for the hanging fan-out")
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(e.sequence, 1);
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(300),
+        "answered after {waited:?}"
+    );
+    assert_eq!(hybrid.fanout_failures(), 1);
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert_eq!(seqs(&page.events), vec![1]);
+    // A healthy leg answers at once and counts nothing.
+    bus.stall_fanout(false);
+    let started = tokio::time::Instant::now();
+    rt.publish(PublishRequest::new(chat, "t", &json!({})).unwrap())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(250));
+    assert_eq!(hybrid.fanout_failures(), 1);
 }

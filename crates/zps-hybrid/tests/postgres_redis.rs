@@ -29,6 +29,7 @@ fn config() -> HybridConfig {
     HybridConfig {
         reorder_window: Duration::from_millis(30),
         resync_interval: Some(Duration::from_secs(2)),
+        ..HybridConfig::default()
     }
 }
 

@@ -18,7 +18,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("postgres-restart", &["postgres", "hybrid"]),
     ("redis-partition", &["redis", "hybrid"]),
     ("redis-partition-reset", &["redis", "hybrid"]),
-    ("redis-cluster-failover", &["redis"]),
+    ("redis-cluster-failover", &["redis", "hybrid"]),
     ("slow-clients", &["memory"]),
     ("reconnect-storm", &["redis", "sqlite"]),
     ("memory-soak", &["redis"]),
@@ -65,7 +65,7 @@ async fn run_one(args: &Args, scenario: &str, provider: &str, size: Size) -> any
         "postgres-restart" => scenarios::postgres_restart(bin, provider, size, &tag).await,
         "redis-partition" => scenarios::redis_partition(bin, provider, Heal::Resume, size, &tag).await,
         "redis-partition-reset" => scenarios::redis_partition(bin, provider, Heal::Reset, size, &tag).await,
-        "redis-cluster-failover" => scenarios::redis_cluster_failover(bin, size, &tag).await,
+        "redis-cluster-failover" => scenarios::redis_cluster_failover(bin, provider, size, &tag).await,
         "slow-clients" => scenarios::slow_clients(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
         "reconnect-storm" => {
             let p = Provider::shared(provider, &tag)?;

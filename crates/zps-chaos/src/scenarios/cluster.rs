@@ -8,22 +8,20 @@ use std::time::{Duration, Instant};
 
 use super::{Outcome, gateway_args};
 use crate::gateway::GatewayProcess;
-use crate::services::OwnRedisCluster;
+use crate::services::{OwnRedisCluster, Provider, shared_postgres_url};
 use crate::workload::{Size, Workload};
 
-/// Runs it (the `redis` provider on a cluster of the scenario's own).
-pub async fn redis_cluster_failover(bin: &Path, size: Size, tag: &str) -> anyhow::Result<Outcome> {
+/// Runs it on `provider`: `redis` (the cluster stores and fans out) or
+/// `hybrid` (the machine's PostgreSQL stores, the cluster fans out).
+pub async fn redis_cluster_failover(
+    bin: &Path,
+    provider: &str,
+    size: Size,
+    tag: &str,
+) -> anyhow::Result<Outcome> {
     let mut cluster = tokio::task::block_in_place(|| OwnRedisCluster::start(tag))?;
-    let provider = [
-        "--provider",
-        "redis",
-        "--connection",
-        &cluster.url(),
-        "--redis-prefix",
-        &format!("{tag}:"),
-    ]
-    .map(str::to_owned);
-    let args = gateway_args(&provider, &[]);
+    let p = Provider::on(provider, tag, &shared_postgres_url(), &cluster.url())?;
+    let args = gateway_args(&p.args, &[]);
     let a = GatewayProcess::start(bin, &args)?;
     let b = GatewayProcess::start(bin, &args)?;
     let (ua, ub) = (format!("ws://{}/ws", a.addr), format!("ws://{}/ws", b.addr));
@@ -47,7 +45,8 @@ pub async fn redis_cluster_failover(bin: &Path, size: Size, tag: &str) -> anyhow
     let stalled = work.longest_ack_gap_after(killed_at);
     let done = work.finish(Duration::from_secs(30)).await;
     drop((a, b));
-    let mut o = Outcome::judge("redis-cluster-failover", "redis", done, recovery);
+    p.clean();
+    let mut o = Outcome::judge("redis-cluster-failover", provider, done, recovery);
     o.notes.push(format!(
         "3 primaries + 3 replicas, node timeout 1 s; the primary of a room's slot killed, restarted 3 s later; \
          longest wait between two acknowledgements after the kill: {stalled} ms (the failover)"
