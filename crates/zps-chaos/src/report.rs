@@ -10,7 +10,7 @@ pub fn write(dir: &Path, outcomes: &[Outcome]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(outcomes)?)?;
     let mut md = String::from(
-        "| scenario | provider | acked | delivered | lost | duplicated | out of order | discontinuities | first ack after the fault | converged after | p99 latency |\n\
+        "| scenario | provider | acked | delivered | lost | duplicated | out of order | discontinuities | first ack after the fault | converged after | p99 before / during / after the fault |\n\
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut notes = String::new();
@@ -37,7 +37,12 @@ pub fn write(dir: &Path, outcomes: &[Outcome]) -> anyhow::Result<PathBuf> {
             disc,
             o.recovery_ms.map_or("never".into(), |ms| format!("{ms} ms")),
             o.converged_ms.map_or("never".into(), |ms| format!("{ms} ms")),
-            o.p99_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
+            o.p99_by_phase_ms
+                .iter()
+                .map(|p| p.map_or("-".into(), |ms| format!("{ms:.0}")))
+                .collect::<Vec<_>>()
+                .join(" / ")
+                + " ms",
         ));
         for n in &o.notes {
             notes.push_str(&format!("- {} on {}: {n}\n", o.scenario, o.provider));

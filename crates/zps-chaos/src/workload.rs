@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -89,6 +89,44 @@ fn latency() -> Latency {
     ))
 }
 
+/// Delivery latency by when the event was published: before the fault, during
+/// it (from [`Workload::fault_started`] to [`Workload::fault_ended`]), after it.
+#[derive(Default)]
+pub struct Phases {
+    start: AtomicU64,
+    end: AtomicU64,
+    by_phase: Mutex<Option<[Histogram<u64>; 3]>>,
+}
+
+impl Phases {
+    fn record(&self, published: u64, latency: u64) {
+        let (start, end) = (
+            self.start.load(Ordering::Relaxed),
+            self.end.load(Ordering::Relaxed),
+        );
+        let i = match (start, end) {
+            (0, _) => 0,
+            (s, _) if published < s => 0,
+            (_, 0) => 1,
+            (_, e) if published < e => 1,
+            _ => 2,
+        };
+        let mut h = self.by_phase.lock();
+        let h = h.get_or_insert_with(|| {
+            std::array::from_fn(|_| Histogram::new(3).expect("constant, valid precision"))
+        });
+        let _ = h[i].record(latency);
+    }
+
+    /// p99 (ms) of events published before, during and after the fault.
+    pub fn p99s(&self) -> [Option<f64>; 3] {
+        match &*self.by_phase.lock() {
+            Some(h) => std::array::from_fn(|i| p99_ms(&h[i])),
+            None => [None; 3],
+        }
+    }
+}
+
 /// A group of recording subscribers, each on every room from its start.
 pub struct Subscribers {
     /// What each one's application received, in order.
@@ -111,6 +149,7 @@ pub struct Workload {
     stop: Arc<AtomicBool>,
     /// When each acknowledgement arrived.
     pub ack_times: Arc<Mutex<Vec<Instant>>>,
+    phases: Arc<Phases>,
 }
 
 impl Workload {
@@ -132,7 +171,19 @@ impl Workload {
             publishers: Vec::new(),
             stop: Arc::default(),
             ack_times: Arc::default(),
+            phases: Arc::default(),
         }
+    }
+
+    /// Marks the fault's start: events published from now on count as "during".
+    pub fn fault_started(&self) {
+        self.phases.start.store(unix_micros(), Ordering::Relaxed);
+    }
+
+    /// Marks the fault's end (the server back, the link healed): events
+    /// published from now on count as "after".
+    pub fn fault_ended(&self) {
+        self.phases.end.store(unix_micros(), Ordering::Relaxed);
     }
 
     /// Adds a group of `n` subscribers on `url`, each on every room; returns the group's index.
@@ -161,7 +212,7 @@ impl Workload {
         let joined: Vec<anyhow::Result<(Client, Log)>> = futures::stream::iter((0..n).map(|s| {
             let rooms = rooms_of(s);
             let id = format!("sub-{}-{group}-{s}", self.tag);
-            Self::subscriber(url, id, rooms, latency.clone())
+            Self::subscriber(url, id, rooms, latency.clone(), self.phases.clone())
         }))
         .buffered(64)
         .collect()
@@ -187,6 +238,7 @@ impl Workload {
         id: String,
         rooms: Vec<String>,
         lat: Latency,
+        phases: Arc<Phases>,
     ) -> anyhow::Result<(Client, Log)> {
         let client = Client::connect(url, options(id))?;
         let mut sub = client
@@ -202,7 +254,9 @@ impl Workload {
                         if let Ok(p) = e.payload_as::<serde_json::Value>()
                             && let Some(t) = p["t"].as_u64()
                         {
-                            let _ = lat.lock().record(unix_micros().saturating_sub(t).max(1));
+                            let took = unix_micros().saturating_sub(t).max(1);
+                            let _ = lat.lock().record(took);
+                            phases.record(t, took);
                         }
                         Seen::Event {
                             room: e.room.as_str().to_owned(),
@@ -369,6 +423,7 @@ impl Workload {
             attempts,
             converged_ms: converged,
             p99_ms: p99_ms(&latency),
+            p99_by_phase_ms: self.phases.p99s(),
         }
     }
 }
@@ -388,4 +443,6 @@ pub struct Finished {
     pub converged_ms: Option<u64>,
     /// Delivery latency p99 over every subscriber, publish call to application.
     pub p99_ms: Option<f64>,
+    /// The same for events published before, during and after the fault.
+    pub p99_by_phase_ms: [Option<f64>; 3],
 }

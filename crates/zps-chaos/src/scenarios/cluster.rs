@@ -35,11 +35,13 @@ pub async fn redis_cluster_failover(
     let victim = cluster
         .primary_of(&format!("chaos:{tag}-0"))
         .ok_or_else(|| anyhow::anyhow!("no primary serves the first room's slot"))?;
+    work.fault_started();
     cluster.kill(victim);
     let killed_at = Instant::now();
     // Node timeout 1 s: the replica is promoted within a few seconds.
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| cluster.restart(victim))?;
+    work.fault_ended();
     tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
     let recovery = work.first_ack_after(killed_at, Duration::ZERO);
     let stalled = work.longest_ack_gap_after(killed_at);

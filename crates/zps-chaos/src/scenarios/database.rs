@@ -23,10 +23,12 @@ pub async fn redis_restart(bin: &Path, provider: &str, size: Size, tag: &str) ->
     let gateway = GatewayProcess::start(bin, &gateway_args(&p.args, &[]))?;
     let work = Workload::start(&format!("ws://{}/ws", gateway.addr), size, tag).await?;
     tokio::time::sleep(size.phase).await;
+    work.fault_started();
     redis.kill();
     let down_at = Instant::now();
     tokio::time::sleep(DOWN).await;
     redis.restart()?;
+    work.fault_ended();
     // Time for the gateway's Redis client to reconnect (it backs off up to 1 s) and acks to resume.
     tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
     let recovery = work.first_ack_after(down_at, DOWN);
@@ -45,10 +47,12 @@ pub async fn postgres_restart(bin: &Path, provider: &str, size: Size, tag: &str)
     let gateway = GatewayProcess::start(bin, &gateway_args(&p.args, &[]))?;
     let work = Workload::start(&format!("ws://{}/ws", gateway.addr), size, tag).await?;
     tokio::time::sleep(size.phase).await;
+    work.fault_started();
     pg.crash()?;
     let down_at = Instant::now();
     tokio::time::sleep(DOWN).await;
     pg.start_again()?;
+    work.fault_ended();
     tokio::time::sleep(size.phase.max(Duration::from_secs(4))).await;
     let recovery = work.first_ack_after(down_at, DOWN);
     let done = work.finish(Duration::from_secs(30)).await;

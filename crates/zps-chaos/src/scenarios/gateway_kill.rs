@@ -19,11 +19,13 @@ pub async fn gateway_kill(bin: &Path, provider: &Provider, size: Size, tag: &str
     let proxy = FaultProxy::start(a.addr).await?;
     let work = Workload::start(&format!("ws://{}/ws", proxy.addr()), size, tag).await?;
     tokio::time::sleep(size.phase).await;
+    work.fault_started();
     a.kill();
     proxy.set_upstream(b.addr);
     proxy.cut_all();
     // Answers that A sent before it died may still arrive; count from the cut.
     let fault_at = Instant::now();
+    work.fault_ended();
     tokio::time::sleep(size.phase).await;
     let recovery = work.first_ack_after(fault_at, Duration::ZERO);
     let done = work.finish(Duration::from_secs(30)).await;

@@ -37,6 +37,8 @@ pub struct Outcome {
     pub converged_ms: Option<u64>,
     /// Delivery latency p99 over every subscriber and the whole run (publish call → application).
     pub p99_ms: Option<f64>,
+    /// The same for events published before, during and after the fault.
+    pub p99_by_phase_ms: [Option<f64>; 3],
     /// What the scenario measured beyond the common columns.
     pub notes: Vec<String>,
     /// The gateway's memory grew after the warm-up (the soak).
@@ -54,6 +56,7 @@ impl Outcome {
             recovery_ms,
             converged_ms: done.converged_ms,
             p99_ms: done.p99_ms,
+            p99_by_phase_ms: done.p99_by_phase_ms,
             notes: Vec::new(),
             leaked: false,
             verdict: checker::check(&done.history),

@@ -49,6 +49,7 @@ pub async fn redis_partition(
     } else {
         Duration::from_secs(2)
     };
+    work.fault_started();
     proxy.set_fault(Fault::Pause);
     tokio::time::sleep(cut_for).await;
     if heal == Heal::Reset {
@@ -56,6 +57,7 @@ pub async fn redis_partition(
     }
     proxy.set_fault(Fault::None);
     let healed_at = Instant::now();
+    work.fault_ended();
     tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
     let recovery = work.first_ack_after(healed_at, Duration::ZERO);
     let done = work.finish(Duration::from_secs(30)).await;

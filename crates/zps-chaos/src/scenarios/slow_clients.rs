@@ -39,6 +39,7 @@ pub async fn slow_clients(bin: &Path, provider: &Provider, size: Size, tag: &str
     tokio::time::sleep(size.phase).await;
     let before = work.group(direct).latency.lock().clone();
     work.group(direct).latency.lock().reset();
+    work.fault_started();
     slow.set_fault(Fault::Latency(Duration::from_millis(300)));
     silent.set_fault(Fault::Blackhole);
     let fault_at = Instant::now();
@@ -46,6 +47,7 @@ pub async fn slow_clients(bin: &Path, provider: &Provider, size: Size, tag: &str
     let during = work.group(direct).latency.lock().clone();
     slow.set_fault(Fault::None);
     silent.set_fault(Fault::None);
+    work.fault_ended();
     tokio::time::sleep(size.phase).await;
     let recovery = work.first_ack_after(fault_at, Duration::ZERO);
     let done = work.finish(Duration::from_secs(30)).await;

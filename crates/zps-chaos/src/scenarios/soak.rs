@@ -80,6 +80,7 @@ pub async fn memory_soak(
         })
         .collect();
     let started = Instant::now();
+    work.fault_started();
     let warm_up = duration / 4;
     let mut samples: Vec<(Duration, u64)> = Vec::new();
     while started.elapsed() < duration {
@@ -89,6 +90,7 @@ pub async fn memory_soak(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    work.fault_ended();
     for c in churners {
         let _ = c.await;
     }

@@ -48,10 +48,12 @@ pub async fn reconnect_storm(
     work.publish_every(&url, size.publishers, Duration::from_millis(20))?;
     tokio::time::sleep(size.phase).await;
 
+    work.fault_started();
     a.kill();
     let killed_at = Instant::now();
     let b = GatewayProcess::start_on(bin, port, &args)?;
     let restarted_ms = killed_at.elapsed().as_millis();
+    work.fault_ended();
     // Every client back: connected to B (its state went through a reconnect).
     let all = &work.group(group).clients;
     let mut back: Vec<Option<Duration>> = vec![None; all.len()];
