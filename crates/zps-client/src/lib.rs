@@ -57,6 +57,8 @@ mod error;
 pub mod http;
 mod options;
 mod room;
+#[cfg(test)]
+mod room_sim;
 mod shared;
 mod subscription;
 mod types;
