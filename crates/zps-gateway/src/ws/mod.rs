@@ -406,7 +406,8 @@ impl Conn {
             None => return Err(Disconnected),
             Some(Err(e)) => {
                 let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") {
+                let inner = e.into_inner();
+                if let Some(tungstenite::Error::Capacity(_)) = inner.downcast_ref::<tungstenite::Error>() {
                     let limit = self.session.gw.config.limits.max_frame_bytes();
                     let _ = self
                         .refuse(
