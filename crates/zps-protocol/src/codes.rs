@@ -203,6 +203,39 @@ mod tests {
         }
     }
 
+    /// The codes in a `## heading` table of docs/protocol.md (first column, back-quoted).
+    fn documented(heading: &str) -> std::collections::BTreeSet<String> {
+        let doc = include_str!("../../../docs/protocol.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with(heading))
+            .unwrap_or_else(|| panic!("docs/protocol.md has no `## {heading}`"));
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_protocol_doc_lists_exactly_the_codes_there_are() {
+        let errors: std::collections::BTreeSet<String> =
+            ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+        assert_eq!(
+            documented("Error codes"),
+            errors,
+            "docs/protocol.md error table vs ErrorCode"
+        );
+        let closes: std::collections::BTreeSet<String> =
+            CloseCode::ALL.iter().map(|c| c.code().to_string()).collect();
+        assert_eq!(
+            documented("Close codes"),
+            closes,
+            "docs/protocol.md close table vs CloseCode"
+        );
+    }
+
     #[test]
     fn seed_codes_are_fixed() {
         assert_eq!(ErrorCode::Malformed.as_str(), "4400");
