@@ -103,13 +103,22 @@ pub async fn memory_soak(
     let end = samples.last().map(|(_, kib)| *kib);
     let peak = samples.iter().map(|(_, kib)| *kib).max();
     let churned = sessions.load(Ordering::Relaxed);
+    // The shape of the curve: flat, a step, or a slope.
+    let quarters: Vec<String> = [0.25, 0.5, 0.75, 1.0]
+        .iter()
+        .filter_map(|q| {
+            let i = ((samples.len() as f64 * q) as usize).min(samples.len().checked_sub(1)?);
+            Some(format!("{} MiB", samples[i].1 / 1024))
+        })
+        .collect();
     o.notes.push(format!(
-        "{} s, {churned} churned sessions ({CHURNERS} at a time); gateway RSS {} MiB after the warm-up ({} s), {} MiB at the end, peak {} MiB",
+        "{} s, {churned} churned sessions ({CHURNERS} at a time); gateway RSS {} MiB after the warm-up ({} s), {} MiB at the end, peak {} MiB; by quarter of the run: {}",
         duration.as_secs(),
         after_warm_up.map_or("?".into(), |k| (k / 1024).to_string()),
         warm_up.as_secs(),
         end.map_or("?".into(), |k| (k / 1024).to_string()),
         peak.map_or("?".into(), |k| (k / 1024).to_string()),
+        quarters.join(", "),
     ));
     let grew = match (after_warm_up, end) {
         (Some(w), Some(e)) => e > w + (w as f64 * TOLERATED_GROWTH) as u64 + TOLERATED_KIB,
