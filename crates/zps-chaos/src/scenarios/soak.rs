@@ -19,10 +19,11 @@ use crate::workload::{Size, Workload, options};
 
 /// Churning clients at any moment.
 const CHURNERS: usize = 40;
-/// RSS growth tolerated from the end of the warm-up to the end (allocator noise).
-const TOLERATED_GROWTH: f64 = 0.10;
+/// RSS growth tolerated from the end of the warm-up to the end (allocator noise):
+/// the unscraped-metrics leak grew 9 MiB in 30 min, flat after the fix.
+const TOLERATED_GROWTH: f64 = 0.05;
 /// Plus this much, absolute (KiB).
-const TOLERATED_KIB: u64 = 8 * 1024;
+const TOLERATED_KIB: u64 = 4 * 1024;
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
