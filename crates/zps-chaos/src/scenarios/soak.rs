@@ -25,12 +25,6 @@ const TOLERATED_GROWTH: f64 = 0.05;
 /// Plus this much, absolute (KiB).
 const TOLERATED_KIB: u64 = 4 * 1024;
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// One churner: connect, subscribe to a room, read for a moment, close; again.
 async fn churn(url: String, rooms: Vec<String>, me: usize, stop: Arc<AtomicBool>, sessions: Arc<AtomicU64>) {
     let mut n = 0usize;
@@ -86,7 +80,7 @@ pub async fn memory_soak(
     let mut samples: Vec<(Duration, u64)> = Vec::new();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Some(kib) = rss_kib(gateway.pid()) {
+        if let Some(kib) = gateway.rss_kib() {
             samples.push((started.elapsed(), kib));
         }
     }

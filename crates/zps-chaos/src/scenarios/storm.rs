@@ -17,16 +17,6 @@ use crate::workload::{Size, Workload};
 /// Rooms the clients spread over.
 const ROOMS: usize = 50;
 
-fn proc_status(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn open_fds(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
-
 /// Runs it with `clients` subscribers on `provider` (a durable one: the history
 /// must outlive the gateway).
 pub async fn reconnect_storm(
@@ -74,7 +64,7 @@ pub async fn reconnect_storm(
     }
     let mut times: Vec<Duration> = back.iter().flatten().copied().collect();
     times.sort();
-    let (fds, rss_kb) = (open_fds(b.pid()), proc_status(b.pid(), "VmRSS:"));
+    let (fds, rss_kb) = (b.open_files(), b.rss_kib());
     tokio::time::sleep(size.phase).await;
     let recovery = work.first_ack_after(killed_at, Duration::ZERO);
     let done = work.finish(Duration::from_secs(60)).await;
