@@ -61,7 +61,7 @@ fn print_help() {
                                    independent checker (scenarios: gateway-kill, redis-restart,
                                    postgres-restart, redis-partition, redis-partition-reset,
                                    slow-clients, reconnect-storm, memory-soak [--soak-secs N];
-                                   providers: memory, sqlite, postgres, redis, hybrid); report in
+                                   providers: memory, sqlite, postgres, redis, hybrid, mongo); report in
                                    target/chaos/report.md; `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)
@@ -145,7 +145,12 @@ fn test(args: &[String]) -> Result<()> {
 /// `zps-chaos` against the debug binary: real gateway processes, faults, and the
 /// independent checker; fails when an acknowledged event was lost, duplicated or reordered.
 fn chaos(args: &[String], built: bool) -> Result<()> {
-    let env = ensure_services()?;
+    let mut env = ensure_services()?;
+    // The MongoDB rows run on the stand-in; kept alive until the scenarios end.
+    let mongo = MongoStandIn::start();
+    if let Some(m) = &mongo {
+        env.push(("ZPS_TEST_MONGO_URL".into(), m.url.clone()));
+    }
     if !built {
         run(cargo().args(["build", "-p", "zps-cli", "--bin", "zero-pub-sub"]))?;
     }
@@ -160,7 +165,9 @@ fn chaos(args: &[String], built: bool) -> Result<()> {
         .arg("--out")
         .arg(target.join("chaos"))
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str()))))?;
+    drop(mongo);
+    Ok(())
 }
 
 /// The TypeScript client's tests (clients/js): against the gateway binary

@@ -37,6 +37,27 @@ pub fn shared_redis_url() -> String {
     env_or("ZPS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 }
 
+/// The MongoDB stand-in (`ZPS_TEST_MONGO_URL`; `cargo xtask chaos` starts one).
+pub fn shared_mongo_url() -> anyhow::Result<String> {
+    std::env::var("ZPS_TEST_MONGO_URL").map_err(|_| {
+        anyhow::anyhow!(
+            "ZPS_TEST_MONGO_URL is needed for the MongoDB rows (`cargo xtask chaos` starts the stand-in)"
+        )
+    })
+}
+
+/// `url` with its database path set to `db` (`mongodb://h:p/?x` → `mongodb://h:p/db?x`).
+fn with_database(url: &str, db: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("mongodb", url));
+    let (hosts, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let query = tail.split_once('?').map_or("", |(_, q)| q);
+    if query.is_empty() {
+        format!("{scheme}://{hosts}/{db}")
+    } else {
+        format!("{scheme}://{hosts}/{db}?{query}")
+    }
+}
+
 impl Provider {
     /// A provider on the machine's shared databases, with a schema / key prefix named `tag`.
     pub fn shared(name: &str, tag: &str) -> anyhow::Result<Self> {
@@ -56,6 +77,17 @@ impl Provider {
             "memory" => Self {
                 name: name.into(),
                 args: Vec::new(),
+                cleanup: None,
+            },
+            "mongo" => Self {
+                name: name.into(),
+                args: s(&[
+                    "--provider",
+                    "mongo",
+                    "--connection",
+                    &with_database(&shared_mongo_url()?, tag),
+                ]),
+                // The stand-in keeps data in memory and stops after the run.
                 cleanup: None,
             },
             "sqlite" => {
@@ -111,7 +143,7 @@ impl Provider {
                 ]),
                 cleanup: Some(format!("{drop_schema}; {del_keys}")),
             },
-            other => bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid)"),
+            other => bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid, mongo)"),
         })
     }
 
@@ -486,5 +518,19 @@ impl Drop for OwnRedisCluster {
             self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_mongo_url_gets_the_run_s_database() {
+        use super::with_database;
+        assert_eq!(
+            with_database("mongodb://127.0.0.1:4/?directConnection=true", "t1"),
+            "mongodb://127.0.0.1:4/t1?directConnection=true"
+        );
+        assert_eq!(with_database("mongodb://h:1", "t1"), "mongodb://h:1/t1");
+        assert_eq!(with_database("mongodb://h:1/old", "t1"), "mongodb://h:1/t1");
     }
 }
