@@ -17,6 +17,7 @@ const internalProps = `
     maxBuffer lastSeen due pushNotice drain offer missing confirmed handler opts exact patterns
     acks answered after accepts full refuse run online waiters wait tracks states closed blocked
     next queue reset sent timer order onGap fail owner slot removeAll tick msg discontinuity
+    opened subprotocolRefused baseUrl store timeoutMs ackMs onErrorMessage onDiscontinuityMessage timeout
 `.trim().split(/\s+/);
 const common = { bundle: true, format: 'esm', minify: true, target: ['es2022'], platform: 'neutral', legalComments: 'none' };
 
@@ -42,6 +43,18 @@ if (!demo) {
     sizes[f] = { bytes: raw.length, gzip: gzipSync(raw, { level: 9 }).length };
     console.log(`dist/${f}: ${raw.length} bytes, ${sizes[f].gzip} bytes gzip`);
   }
+  // What a page that imports zps.min.js loads before any lazy `import()`: the entry and
+  // every chunk it imports statically, transitively (test/size.test.mjs holds it to 8 KB).
+  const files = [];
+  const visit = (f) => {
+    if (files.includes(f)) return;
+    files.push(f);
+    const code = readFileSync(`dist/${f}`, 'utf8');
+    for (const m of code.matchAll(/(?:^|[;}])\s*(?:import|export)\s*(?:[\w$*{},\s]+from\s*)?["']\.\/([^"']+)["']/g)) visit(m[1]);
+  };
+  visit('zps.min.js');
+  sizes.static = { gzip: files.reduce((n, f) => n + sizes[f].gzip, 0), bytes: files.reduce((n, f) => n + sizes[f].bytes, 0), files };
+  console.log(`static (${files.join(' + ')}): ${sizes.static.bytes} bytes, ${sizes.static.gzip} bytes gzip`);
   writeFileSync('dist/size.json', JSON.stringify(sizes, null, 1) + '\n');
 } else {
   rmSync('dist-demo', { recursive: true, force: true });

@@ -19,7 +19,7 @@ import {
 } from './errors.js';
 import type { Link, LinkEvents } from './link.js';
 import { tokenSubject } from './jwt.js';
-import { PresenceSet } from './presence.js';
+import type { Presence, PresenceListener, PresenceSet } from './presence.js';
 import type { ClientMessage, ServerMessage } from './protocol.js';
 import { SubscriptionSet } from './subscriptions.js';
 import type { EventSourceConstructor, FetchLike } from './transport-sse.js';
@@ -127,14 +127,26 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     tune: {
       throttleMs: o.replayThrottleMs ?? 100,
       pageSize: o.replayPageSize ?? 500,
-      requestTimeoutMs,
+      timeoutMs: requestTimeoutMs,
       maxBuffer: o.maxBufferedEventsPerRoom ?? 1000,
     },
-    ackIntervalMs: o.ackIntervalMs ?? 100,
+    ackMs: o.ackIntervalMs ?? 100,
     report,
     wake,
   });
-  const presence = new PresenceSet({ send, online, requestTimeoutMs });
+  // Presence is a chunk loaded on the first `client.presence(room)` call. Every presence
+  // call runs as a callback of that one load, so calls keep their order, before the load
+  // and after it.
+  let presence: PresenceSet | undefined;
+  let presenceLoad: Promise<PresenceSet> | undefined;
+  const withPresence = <T>(run: (p: PresenceSet) => T | PromiseLike<T>): Promise<T> =>
+    (presenceLoad ??= import('./presence.js').then(
+      (m) => (presence = new m.PresenceSet({ send, online, timeoutMs: requestTimeoutMs, timeout: () => new TimeoutError('presence') })),
+      (e: unknown) => {
+        presenceLoad = undefined; // the next call tries again
+        throw e;
+      },
+    )).then(run);
 
   const getToken = async (): Promise<string | undefined> => {
     const t = o.token;
@@ -197,7 +209,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
       const [{ openSse }, { FetchEventSource }] = await Promise.all([import('./transport-sse.js'), import('./sse-reader.js')]);
       if (gen !== generation || stopped || paused) return;
       const Source = ES ?? class extends FetchEventSource { constructor(url: string) { super(url, fetchFn); } };
-      link = openSse({ baseUrl: httpBase, EventSource: Source, fetch: fetchFn, requestTimeoutMs }, events);
+      link = openSse({ baseUrl: httpBase, EventSource: Source, fetch: fetchFn, timeoutMs: requestTimeoutMs, ServerError, tokenSubject }, events);
     } else {
       if (!WS) return stop(new ZpsError('unsupported', 'no WebSocket constructor: pass options.WebSocket (e.g. the `ws` package)'));
       const decode = compact ? (await import('./compact.js')).decodeCompactEvent : undefined;
@@ -215,7 +227,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     if (beat) clearInterval(beat);
     beat = undefined;
     subs.onDisconnect();
-    presence.onDisconnect();
+    presence?.onDisconnect();
     for (const p of pending.values()) p.sent = false;
   };
 
@@ -256,7 +268,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     setState({ status: 'connected', transport: link!.kind, connectionId: m.connectionId });
     subs.onReady();
     if (eph.size) send({ type: 'subscribe_ephemeral', rooms: [...eph.keys()] });
-    presence.onReady();
+    presence?.onReady();
     for (const p of pending.values()) {
       send(p.msg);
       p.sent = true;
@@ -285,7 +297,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
       case 'replay':
         return subs.onReplay(m);
       case 'discontinuity':
-        return subs.onDiscontinuity(m);
+        return subs.onDiscontinuityMessage(m);
       case 'published': {
         const p = m.requestId !== undefined ? pending.get(m.requestId) : undefined;
         if (!p) return;
@@ -302,7 +314,7 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
           pending.delete(m.requestId!);
           clearTimeout(p.timer);
           p.reject(err);
-        } else subs.onError(m);
+        } else subs.onErrorMessage(m);
         return report(err);
       }
       case 'ephemeral': {
@@ -320,9 +332,9 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
         return;
       }
       case 'presence_state':
-        return presence.onState(m.room, m.members);
+        return presence?.onState(m.room, m.members);
       case 'presence':
-        return presence.onChangeMessage(m.room, m.action, m.userId, m.member);
+        return presence?.onChangeMessage(m.room, m.action, m.userId, m.member);
       case 'token_expiring':
         if (typeof o.token === 'function') {
           getToken().then(
@@ -348,7 +360,8 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
     for (const p of pending.values()) clearTimeout(p.timer), p.reject(reason ?? closed);
     pending.clear();
     subs.removeAll(reason ?? closed);
-    presence.close(reason ?? closed);
+    // After the presence calls made so far (still waiting for the load, maybe): they fail too.
+    if (presenceLoad) void withPresence((p) => p.close(reason ?? closed)).catch(() => {});
     setState({ status: 'closed', error: reason });
     if (reason) report(reason);
   };
@@ -409,7 +422,30 @@ export function createRealtimeClient(options: ClientOptions): RealtimeClient {
       if (ephQueue.length >= maxQueued) return Promise.reject(new QueueFullError(maxQueued));
       return new Promise((done) => ephQueue.push({ msg, done }));
     },
-    presence: (room) => presence.handle(room),
+    presence(room): Presence {
+      const call = <T>(f: (h: Presence) => Promise<T>) => withPresence((p) => f(p.handle(room)));
+      return {
+        enter: (metadata) => call((h) => h.enter(metadata)),
+        leave: () => call((h) => h.leave()),
+        members: () => call((h) => h.members()),
+        onChange(cb) {
+          // Synchronous: listens once presence is loaded; `off` works before that too.
+          let live = true;
+          let off: (() => void) | undefined;
+          const listener: PresenceListener = (list, change) => {
+            try {
+              if (live) cb(list, change);
+            } catch (e) {
+              report(e as Error); // a throwing listener must not break the connection's message loop
+            }
+          };
+          withPresence((p) => (off = p.handle(room).onChange(listener))).catch(report);
+          return () => {
+            if (live) (live = false), withPresence(() => off?.()).catch(() => {});
+          };
+        },
+      };
+    },
     on(event: 'state' | 'error', cb: (x: never) => void) {
       const set = listeners[event] as Set<typeof cb>;
       set.add(cb);

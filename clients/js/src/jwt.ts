@@ -2,11 +2,9 @@
  * The little the client reads from a JWT without verifying it: the `sub` a
  * gateway that verifies tokens binds the subscriber id to (`sub` or
  * `sub#device`, docs/protocol.md). The gateway verifies; this only picks a
- * default id that it will accept.
+ * default id that it will accept. (The SSE transport, which checks ownership
+ * of an id after a refusal, receives `tokenSubject` from the client.)
  */
-
-/** The separator between a user (`sub`) and one of its devices in a subscriber id. */
-export const DEVICE_SEPARATOR = '#';
 
 /** The `sub` claim of a JWT, when the token is a readable JWT with a string `sub`. */
 export function tokenSubject(token: string | undefined): string | undefined {
@@ -23,8 +21,3 @@ export function tokenSubject(token: string | undefined): string | undefined {
   }
 }
 
-/** Whether user `sub` owns subscriber id `id` (`sub`, or `sub#device` with a non-empty device). */
-export function ownsSubscriber(sub: string, id: string): boolean {
-  const i = id.indexOf(DEVICE_SEPARATOR);
-  return i < 0 ? id === sub : id.slice(0, i) === sub && i < id.length - 1;
-}

@@ -1,11 +1,11 @@
 /**
  * A MessagePack decoder for exactly the types compact event frames use:
  * arrays, integers (positive/negative fixint, uint8–64, int8–64), strings,
- * binary, nil and booleans. Anything else (maps, floats, extensions) is a
- * `ProtocolError`: the gateway never sends it, and a small decoder keeps the
- * bundle small.
+ * binary, nil and booleans. Anything else (maps, floats, extensions) is an
+ * error: the gateway never sends it, and a small decoder keeps the bundle
+ * small. (Errors are plain `Error`s: this lazily loaded chunk imports nothing
+ * from the core bundle; the WebSocket transport reports them as `ProtocolError`.)
  */
-import { ProtocolError } from './errors.js';
 
 /** A decoded value. */
 export type MsgValue = null | boolean | number | string | Uint8Array | MsgValue[];
@@ -17,14 +17,14 @@ export function decodeMsgpack(bytes: Uint8Array): MsgValue {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let pos = 0;
   const need = (n: number): number => {
-    if (pos + n > bytes.length) throw new ProtocolError('msgpack: truncated');
+    if (pos + n > bytes.length) throw new Error('msgpack: truncated');
     const at = pos;
     pos += n;
     return at;
   };
   const big = (v: bigint): number => {
     if (v > BigInt(Number.MAX_SAFE_INTEGER) || v < BigInt(Number.MIN_SAFE_INTEGER)) {
-      throw new ProtocolError('msgpack: integer beyond 2^53');
+      throw new Error('msgpack: integer beyond 2^53');
     }
     return Number(v);
   };
@@ -61,10 +61,10 @@ export function decodeMsgpack(bytes: Uint8Array): MsgValue {
       case 0xdb: return str(view.getUint32(need(4)));
       case 0xdc: return arr(view.getUint16(need(2)));
       case 0xdd: return arr(view.getUint32(need(4)));
-      default: throw new ProtocolError(`msgpack: unsupported type 0x${m.toString(16)}`);
+      default: throw new Error(`msgpack: unsupported type 0x${m.toString(16)}`);
     }
   };
   const value = read();
-  if (pos !== bytes.length) throw new ProtocolError('msgpack: trailing bytes');
+  if (pos !== bytes.length) throw new Error('msgpack: trailing bytes');
   return value;
 }

@@ -3,7 +3,6 @@
  * watching are restored after every reconnect; the member list is kept up to
  * date from `presence_state` and `presence` messages.
  */
-import { TimeoutError } from './errors.js';
 import type { ClientMessage } from './protocol.js';
 import type { PresenceEvent, PresenceMember } from './types.js';
 
@@ -26,7 +25,9 @@ export interface Presence {
 export interface PresenceIo {
   send(msg: ClientMessage): void;
   online(): boolean;
-  requestTimeoutMs: number;
+  timeoutMs: number;
+  /** The error of an unanswered request (a `TimeoutError`: passed in, so this chunk imports nothing from the core). */
+  timeout(): Error;
 }
 
 interface RoomState {
@@ -67,8 +68,8 @@ export class PresenceSet {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         const i = s.waiters.indexOf(w);
-        if (i >= 0) s.waiters.splice(i, 1), reject(new TimeoutError('presence'));
-      }, this.io.requestTimeoutMs);
+        if (i >= 0) s.waiters.splice(i, 1), reject(this.io.timeout());
+      }, this.io.timeoutMs);
       const w = {
         resolve: (m: PresenceMember[]) => (clearTimeout(timer), resolve(m)),
         reject: (e: Error) => (clearTimeout(timer), reject(e)),

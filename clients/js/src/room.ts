@@ -36,7 +36,7 @@ export interface Tuning {
   /** Reorder window before a hole is asked for, and spacing of a room's requests. */
   throttleMs: number;
   pageSize: number;
-  requestTimeoutMs: number;
+  timeoutMs: number;
   maxBuffer: number;
 }
 
@@ -218,7 +218,7 @@ export class RoomTrack {
   pollReplay(now: number, nextId: () => string): ReplayRequest | undefined {
     const o = this.outstanding;
     if (o) {
-      if (now < o.sent + this.tune.requestTimeoutMs) return undefined;
+      if (now < o.sent + this.tune.timeoutMs) return undefined;
       // No answer (dropped by a rate limit, say): ask again.
       this.outstanding = undefined;
       this.catchUp = true;
@@ -249,7 +249,7 @@ export class RoomTrack {
 
   /** When `pollReplay` next has something to do (undefined: nothing, or waiting for the handler). */
   deadline(): number | undefined {
-    if (this.outstanding) return this.outstanding.sent + this.tune.requestTimeoutMs;
+    if (this.outstanding) return this.outstanding.sent + this.tune.timeoutMs;
     return this.canRequest() ? this.due : undefined;
   }
 

@@ -56,7 +56,7 @@ export interface Io {
   online(): boolean;
   store: CursorStore;
   tune: Tuning;
-  ackIntervalMs: number;
+  ackMs: number;
   report(err: Error): void;
   /** Timers may have changed: re-arm. */
   wake(): void;
@@ -337,13 +337,13 @@ export class SubscriptionSet {
     this.after();
   }
 
-  onDiscontinuity(d: DiscontinuityMessage): void {
+  onDiscontinuityMessage(d: DiscontinuityMessage): void {
     this.tracks.get(d.room)?.onGap(d, Date.now());
     this.after();
   }
 
   /** An `error` about a subscription or a replay; false when it is about something else. */
-  onError(m: ErrorMessage): boolean {
+  onErrorMessage(m: ErrorMessage): boolean {
     const now = Date.now();
     if (m.requestId) {
       for (const t of this.tracks.values()) if (t.onReplayError(m.requestId, now)) return this.after(), true;
@@ -383,7 +383,7 @@ export class SubscriptionSet {
     if ((this.acks.get(room) ?? 0) >= sequence) return;
     this.acks.set(room, sequence);
     if (this.ackDue === undefined) {
-      this.ackDue = Date.now() + this.io.ackIntervalMs;
+      this.ackDue = Date.now() + this.io.ackMs;
       this.io.wake();
     }
   }

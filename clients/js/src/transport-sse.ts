@@ -16,8 +16,8 @@
  * `Last-Event-ID` retry is not used: it carries one room's position, the
  * rebuilt URL carries every room's.
  */
-import { ServerError } from './errors.js';
-import { ownsSubscriber, tokenSubject } from './jwt.js';
+import type { ServerError } from './errors.js';
+import type { tokenSubject } from './jwt.js';
 import type { Link, LinkEvents } from './link.js';
 import type { ClientMessage, ReplayRequest, ServerMessage } from './protocol.js';
 import type { RealtimeEvent } from './types.js';
@@ -48,7 +48,11 @@ export interface SseConfig {
   baseUrl: string;
   EventSource: EventSourceConstructor;
   fetch: FetchLike;
-  requestTimeoutMs: number;
+  timeoutMs: number;
+  // From the core bundle: this lazily loaded chunk imports nothing from it at run time,
+  // so the core needs no shared chunk (and `instanceof ServerError` holds for users).
+  ServerError: typeof ServerError;
+  tokenSubject: typeof tokenSubject;
 }
 
 interface Stream {
@@ -74,21 +78,27 @@ const parse = (data: string): Record<string, unknown> | undefined => {
   }
 };
 
-/** Reads an HTTP error body: `{"error":{"code","message"}}`, or the flat `{"code","message"}` of `/events`. */
-async function httpError(res: { status: number; text(): Promise<string> }, room?: string, requestId?: string): Promise<ServerError> {
-  const body = parse(await res.text().catch(() => '')) ?? {};
-  const e = (body.error ?? body) as { code?: unknown; message?: unknown; room?: unknown };
-  const fallback = res.status === 401 ? '4401' : res.status === 403 ? '4403' : res.status === 404 ? '4501' : res.status >= 500 ? '4503' : '4400';
-  return new ServerError(
-    typeof e.code === 'string' ? e.code : fallback,
-    typeof e.message === 'string' ? e.message : `HTTP ${res.status}`,
-    typeof e.room === 'string' ? e.room : room,
-    requestId,
-  );
-}
+/** Whether user `sub` owns subscriber id `id` (`sub`, or `sub#device` with a non-empty device). */
+const ownsSubscriber = (sub: string, id: string): boolean => {
+  const i = id.indexOf('#');
+  return i < 0 ? id === sub : id.slice(0, i) === sub && i < id.length - 1;
+};
 
 /** Opens an SSE link. */
 export function openSse(cfg: SseConfig, on: LinkEvents): Link {
+  const { ServerError, tokenSubject } = cfg;
+  /** Reads an HTTP error body: `{"error":{"code","message"}}`, or the flat `{"code","message"}` of `/events`. */
+  const httpError = async (res: { status: number; text(): Promise<string> }, room?: string, requestId?: string): Promise<ServerError> => {
+    const body = parse(await res.text().catch(() => '')) ?? {};
+    const e = (body.error ?? body) as { code?: unknown; message?: unknown; room?: unknown };
+    const fallback = res.status === 401 ? '4401' : res.status === 403 ? '4403' : res.status === 404 ? '4501' : res.status >= 500 ? '4503' : '4400';
+    return new ServerError(
+      typeof e.code === 'string' ? e.code : fallback,
+      typeof e.message === 'string' ? e.message : `HTTP ${res.status}`,
+      typeof e.room === 'string' ? e.room : room,
+      requestId,
+    );
+  };
   let subscriberId = '';
   let token: string | undefined;
   let closed = false;
@@ -354,7 +364,7 @@ export function openSse(cfg: SseConfig, on: LinkEvents): Link {
         new Promise<string | undefined>((resolve) => {
           if (stream.connectionId) return resolve(stream.connectionId);
           stream.waiters.push(resolve);
-          setTimeout(() => resolve(undefined), cfg.requestTimeoutMs);
+          setTimeout(() => resolve(undefined), cfg.timeoutMs);
         })
           .then((cid) => {
             if (!cid) throw new ServerError('4501', 'the gateway did not announce a connection id (SSE `ready` record)', room);

@@ -72,7 +72,7 @@ export function openWebSocket(
         msg = { type: 'event', data: decodeCompact!(bytes) };
       } else throw new ProtocolError('unexpected binary frame');
     } catch (e) {
-      on.error(e instanceof ProtocolError ? e : new ProtocolError(`unreadable frame: ${String(e)}`));
+      on.error(e instanceof ProtocolError ? e : new ProtocolError(`unreadable frame: ${e instanceof Error ? e.message : String(e)}`));
       return;
     }
     if (!done) on.message(msg);

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 
 export const GATEWAY_BIN = process.env.ZPS_GATEWAY_BIN || '/tmp/zps-gw-for-js';
 
@@ -123,5 +123,45 @@ export function collector() {
 
 /** [from, from+1, …, to]. */
 export const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/**
+ * A stand-in gateway of the test's own (a `ws` server): answers `init` with `ready` as the
+ * gateway does, pings with pongs when `answerPings`, and hands other frames to
+ * `onFrame(msg, send)`. Records each connection: { opened, ready, pings, frames, closed, closeCode }.
+ */
+export async function fakeGateway({ answerPings = true, onFrame } = {}) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((r) => wss.once('listening', r));
+  const conns = [];
+  wss.on('connection', (socket) => {
+    const conn = { opened: Date.now(), ready: undefined, pings: [], frames: [], closed: undefined, closeCode: undefined };
+    conns.push(conn);
+    const send = (m) => socket.send(JSON.stringify(m));
+    socket.on('message', (data) => {
+      const m = JSON.parse(String(data));
+      conn.frames.push(m);
+      if (m.type === 'init') {
+        conn.ready = Date.now();
+        send({ type: 'ready', subscriberId: m.subscriberId, connectionId: `c${conns.length}` });
+      } else if (m.type === 'ping') {
+        conn.pings.push(Date.now());
+        if (answerPings) send({ type: 'pong', id: m.id });
+      } else onFrame?.(m, send);
+    });
+    socket.on('close', (code) => {
+      conn.closed = Date.now();
+      conn.closeCode = code;
+    });
+  });
+  return {
+    url: `ws://127.0.0.1:${wss.address().port}/ws`,
+    conns,
+    close: () =>
+      new Promise((r) => {
+        for (const c of wss.clients) c.terminate();
+        wss.close(() => r());
+      }),
+  };
+}
 
 export { WebSocket };
