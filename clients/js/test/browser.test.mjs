@@ -6,13 +6,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { extname, join, normalize } from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { createRealtimeClient } from '../dist/index.js';
+import { launchBrowser, root, skip } from './e2e-helpers.mjs';
 import { range, startGateway, WebSocket } from './helpers.mjs';
-
-const CHROMIUM = process.env.ZPS_CHROMIUM || '/usr/bin/chromium';
-const SKIP = process.env.ZPS_SKIP_BROWSER === '1';
-const root = fileURLToPath(new URL('..', import.meta.url));
 
 let gw;
 let server;
@@ -21,10 +17,8 @@ let base;
 const clients = [];
 
 before(async () => {
-  if (SKIP) return;
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set ZPS_CHROMIUM), or set ZPS_SKIP_BROWSER=1 to skip the browser tests`);
-  }
+  browser = await launchBrowser();
+  if (!browser) return; // ZPS_SKIP_BROWSER=1
   gw = await startGateway(['--allow-client-publish']);
   // A tiny static server for dist/ and dist-demo/ (plus an empty page at /).
   const types = { '.js': 'text/javascript', '.html': 'text/html', '.json': 'application/json' };
@@ -37,8 +31,6 @@ before(async () => {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   base = `http://127.0.0.1:${server.address().port}`;
-  const { default: puppeteer } = await import('puppeteer-core');
-  browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
 });
 
 after(async () => {
@@ -48,7 +40,7 @@ after(async () => {
   await gw?.stop();
 });
 
-test('browser: subscribe/publish round trip and offline/online catch-up with dist/zps.min.js', { skip: SKIP && 'ZPS_SKIP_BROWSER=1' }, async () => {
+test('browser: subscribe/publish round trip and offline/online catch-up with dist/zps.min.js', { skip }, async () => {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error('page error:', e));
   await page.goto(`${base}/`);
@@ -86,7 +78,7 @@ test('browser: subscribe/publish round trip and offline/online catch-up with dis
   await page.close();
 });
 
-test('browser: SSE transport (native EventSource) receives events and publishes over HTTP', { skip: SKIP && 'ZPS_SKIP_BROWSER=1' }, async () => {
+test('browser: SSE transport (native EventSource) receives events and publishes over HTTP', { skip }, async () => {
   const page = await browser.newPage();
   await page.goto(`${base}/`);
   const result = await page.evaluate(async (http) => {
@@ -106,7 +98,7 @@ test('browser: SSE transport (native EventSource) receives events and publishes 
   await page.close();
 });
 
-test('browser: the demo page shows messages with sequences, presence, and counts no gaps across offline/online', { skip: SKIP && 'ZPS_SKIP_BROWSER=1' }, async () => {
+test('browser: the demo page shows messages with sequences, presence, and counts no gaps across offline/online', { skip }, async () => {
   const page = await browser.newPage();
   const room = 'chat:demo-test';
   await page.goto(`${base}/dist-demo/index.html?gateway=${encodeURIComponent(gw.url)}&room=${room}`);

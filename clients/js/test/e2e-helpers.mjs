@@ -1,5 +1,6 @@
-// Shared by the end-to-end tests (e2e*.test.mjs, pack.test.mjs): chromium
-// through puppeteer-core, a static server for dist/, publishing over HTTP.
+// Shared by the browser tests (browser, react, e2e*.test.mjs) and pack.test.mjs:
+// the one chromium launcher (puppeteer-core), a static server for dist/,
+// publishing over HTTP.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -13,14 +14,21 @@ export const SKIP = process.env.ZPS_SKIP_BROWSER === '1';
 export const skip = SKIP && 'ZPS_SKIP_BROWSER=1';
 export const root = fileURLToPath(new URL('..', import.meta.url));
 
-/** Launches headless chromium; throws (loudly) when it is missing. Undefined with ZPS_SKIP_BROWSER=1. */
+/**
+ * Launches headless chromium (ZPS_CHROMIUM, default /usr/bin/chromium). Throws, with what to do,
+ * when the binary is missing or does not start. Undefined with ZPS_SKIP_BROWSER=1.
+ */
 export async function launchBrowser() {
   if (SKIP) return undefined;
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set ZPS_CHROMIUM), or set ZPS_SKIP_BROWSER=1 to skip the browser tests`);
-  }
+  const help = 'apt-get install -y chromium (or set ZPS_CHROMIUM to a working binary), or set ZPS_SKIP_BROWSER=1 to skip the browser tests';
+  if (!existsSync(CHROMIUM)) throw new Error(`chromium not found at ${CHROMIUM}: ${help}`);
   const { default: puppeteer } = await import('puppeteer-core');
-  const browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  let browser;
+  try {
+    browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  } catch (e) {
+    throw new Error(`could not start chromium at ${CHROMIUM}: ${String(e?.message ?? e).trim()}; ${help}`, { cause: e });
+  }
   const newPage = browser.newPage.bind(browser);
   browser.newPage = async (...args) => intervalPolling(await newPage(...args));
   return browser;

@@ -5,18 +5,16 @@
 // drives a second client for presence. Fails when chromium is missing, unless
 // ZPS_SKIP_BROWSER=1 is set explicitly.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { createRealtimeClient } from '../dist/index.js';
+import { launchBrowser, skip } from './e2e-helpers.mjs';
 import { range, sleep, startGateway, waitFor, WebSocket } from './helpers.mjs';
 
-const CHROMIUM = process.env.ZPS_CHROMIUM || '/usr/bin/chromium';
-const SKIP = process.env.ZPS_SKIP_BROWSER === '1';
-const skip = SKIP && 'ZPS_SKIP_BROWSER=1';
 const fixture = fileURLToPath(new URL('./fixtures/react-app.tsx', import.meta.url));
 
 let gw;
@@ -28,10 +26,8 @@ const pages = [];
 const nodeClients = [];
 
 before(async () => {
-  if (SKIP) return;
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(`chromium not found at ${CHROMIUM}: apt-get install -y chromium (or set ZPS_CHROMIUM), or set ZPS_SKIP_BROWSER=1 to skip the browser tests`);
-  }
+  browser = await launchBrowser();
+  if (!browser) return; // ZPS_SKIP_BROWSER=1
   gw = await startGateway(['--allow-client-publish']);
   outdir = mkdtempSync(join(tmpdir(), 'zps-react-'));
   const { build } = await import('esbuild');
@@ -55,8 +51,6 @@ before(async () => {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   base = `http://127.0.0.1:${server.address().port}`;
-  const { default: puppeteer } = await import('puppeteer-core');
-  browser = await puppeteer.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
 });
 
 after(async () => {
