@@ -71,7 +71,7 @@ export interface RealtimeClient {
   readonly state: ConnectionState;
   /** Delivers a room's (or `scope:*`'s) events to `handler`, each once, in sequence order. */
   subscribe(target: string, handler: EventHandler, options?: SubscribeOptions): Subscription;
-  /** Receives ephemeral (not stored) events of a room or `scope:*` (WebSocket only). */
+  /** Receives ephemeral (not stored) events of a room or `scope:*` (WebSocket, or SSE with an `ephemeral=1` stream). */
   subscribeEphemeral(target: string, handler: (e: EphemeralEvent) => void, options?: { types?: string[] }): { unsubscribe(): void };
   /** Stores and delivers an event; resolves with its sequence (needs `--allow-client-publish`). */
   publish<P>(room: string, type: string, payload: P, options?: PublishOptions): Promise<PublishResult>;
