@@ -765,6 +765,66 @@ pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
     rt.close().await.unwrap();
 }
 
+/// The index of dead-letter queues: rooms with dead letters under a prefix, in
+/// name order, paged, with their sizes; a queue emptied leaves the index.
+pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let scope = unique_scope("dlqidx");
+    let room = |name: &str| Room::new(&scope, name).unwrap_or_else(|e| panic!("room: {e}"));
+    let (a, b, c) = (room("a"), room("b"), room("c"));
+    let prefix = format!("{scope}:");
+    for (target, n) in [(&b, 2), (&a, 1), (&c, 3)] {
+        let e = rt.publish(req(target, "t", json!({}))).await.unwrap();
+        for _ in 0..n {
+            rt.dlq(target.clone())
+                .write(NewDlqEntry {
+                    event: (*e).clone(),
+                    error: "boom".into(),
+                    attempts: 1,
+                    subscriber_id: None,
+                    failed_at: Timestamp::now(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // A room outside the prefix and a room with events but no dead letters stay out.
+    let outside = unique_room("dlqidx-other");
+    let e = rt.publish(req(&outside, "t", json!({}))).await.unwrap();
+    rt.dlq(outside.clone())
+        .write(NewDlqEntry {
+            event: (*e).clone(),
+            error: "boom".into(),
+            attempts: 1,
+            subscriber_id: None,
+            failed_at: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    rt.publish(req(&room("quiet"), "t", json!({}))).await.unwrap();
+    let rows = |v: Vec<zps_core::DlqRoom>| v.into_iter().map(|r| (r.room, r.len)).collect::<Vec<_>>();
+    assert_eq!(
+        rows(rt.dlq_rooms(&prefix, None, 10).await.unwrap()),
+        vec![(a.clone(), 1), (b.clone(), 2), (c.clone(), 3)]
+    );
+    assert_eq!(
+        rows(rt.dlq_rooms(&prefix, None, 2).await.unwrap()),
+        vec![(a.clone(), 1), (b.clone(), 2)]
+    );
+    assert_eq!(
+        rows(rt.dlq_rooms(&prefix, Some(&b), 2).await.unwrap()),
+        vec![(c.clone(), 3)]
+    );
+    let first = rt.dlq(a.clone()).list(10).await.unwrap();
+    assert_eq!(rt.dlq(a.clone()).remove(&[first[0].entry_id]).await.unwrap(), 1);
+    assert_eq!(
+        rows(rt.dlq_rooms(&prefix, None, 10).await.unwrap()),
+        vec![(b, 2), (c, 3)],
+        "an emptied queue leaves the index"
+    );
+    rt.close().await.unwrap();
+}
+
 /// A handler that fails is retried; one that keeps failing is dead-lettered; auto-ack
 /// moves the cursor past both.
 pub async fn failing_handler_retries_then_dead_letters(f: Arc<dyn Fixture>) {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::{
-    Capabilities, DlqEntry, Envelope, EphemeralEvent, Error, LiveSignal, NewDlqEntry, NewEvent,
+    Capabilities, DlqEntry, DlqRoom, Envelope, EphemeralEvent, Error, LiveSignal, NewDlqEntry, NewEvent,
     PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Result, Room, RoomInfo, RoomPattern, Snapshot,
     Transport, TransportError, TransportErrorKind, TransportHealth,
 };
@@ -178,6 +178,9 @@ impl Transport for FaultyTransport {
     }
     async fn dlq_len(&self, room: &Room) -> Result<u64> {
         self.inner.dlq_len(room).await
+    }
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.inner.dlq_rooms(prefix, after, limit).await
     }
     async fn publish_ephemeral(&self, e: Arc<EphemeralEvent>) -> Result<()> {
         self.inner.publish_ephemeral(e).await

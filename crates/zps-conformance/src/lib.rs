@@ -176,6 +176,7 @@ macro_rules! conformance_suite {
             rooms_are_isolated,
             payloads_round_trip_exactly,
             dead_letter_queue_lists_pages_and_removes,
+            dead_letter_rooms_are_listed_by_prefix_in_name_order,
             failing_handler_retries_then_dead_letters,
             ephemeral_events_fan_out_and_are_not_stored,
             presence_tracks_users_across_connections,

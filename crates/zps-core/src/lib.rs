@@ -60,8 +60,8 @@ pub use metrics::MetricsSnapshot;
 pub use room::{Room, RoomError, RoomPattern, room};
 pub use time::Timestamp;
 pub use transport::{
-    Capabilities, HealthStatus, LiveSignal, LiveTap, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
-    Transport, TransportHealth,
+    Capabilities, DlqRoom, HealthStatus, LiveSignal, LiveTap, PublishOutcome, ReplayPage, ReplayQuery,
+    RoomInfo, Transport, TransportHealth,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -23,8 +23,8 @@ use crate::fanout::{DEFAULT_CHANNEL_CAPACITY, LocalFanout, TapGuard};
 use crate::room::{Room, RoomPattern};
 use crate::time::Timestamp;
 use crate::transport::{
-    Capabilities, EphemeralStream, LiveStream, LiveTap, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
-    Transport, TransportHealth,
+    Capabilities, DlqRoom, EphemeralStream, LiveStream, LiveTap, PublishOutcome, ReplayPage, ReplayQuery,
+    RoomInfo, Transport, TransportHealth,
 };
 
 /// Settings of the in-memory transport.
@@ -420,6 +420,32 @@ impl Transport for MemoryTransport {
         Ok(self.existing_log(room).map_or(0, |log| {
             log.lock().extras.as_ref().map_or(0, |x| x.dlq.len() as u64)
         }))
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.check_open()?;
+        let mut rooms: Vec<DlqRoom> = self
+            .inner
+            .rooms
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .iter()
+                    .filter(|(room, _)| room.as_str().starts_with(prefix) && after.is_none_or(|a| *room > a))
+                    .filter_map(|(room, log)| {
+                        let len = log.lock().extras.as_ref().map_or(0, |x| x.dlq.len() as u64);
+                        (len > 0).then(|| DlqRoom {
+                            room: room.clone(),
+                            len,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        rooms.truncate(limit);
+        Ok(rooms)
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {

@@ -114,6 +114,17 @@ pub struct RoomInfo {
     pub earliest_sequence: u64,
 }
 
+/// A room whose dead-letter queue is not empty: one row of the operator's index
+/// of dead letters across every room (`GET /api/v1/dlq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DlqRoom {
+    /// The room.
+    pub room: Room,
+    /// How many dead letters it holds.
+    pub len: u64,
+}
+
 /// What a provider can do, so the engine and gateway adapt instead of guessing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
@@ -284,6 +295,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// How many dead letters the room holds.
     async fn dlq_len(&self, room: &Room) -> Result<u64>;
+
+    /// Rooms holding dead letters whose name starts with `prefix`, in name
+    /// order after `after`, at most `limit`: where an operator finds them
+    /// without knowing the rooms (the store's view, so cluster-wide).
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>>;
 
     /// Fans out an ephemeral event (not stored).
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()>;

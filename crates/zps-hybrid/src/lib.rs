@@ -37,9 +37,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::{
-    Capabilities, DlqEntry, Envelope, EphemeralEvent, HealthStatus, LiveSignal, NewDlqEntry, NewEvent,
-    PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Result, Room, RoomInfo, RoomPattern, Snapshot,
-    Transport, TransportHealth,
+    Capabilities, DlqEntry, DlqRoom, Envelope, EphemeralEvent, HealthStatus, LiveSignal, NewDlqEntry,
+    NewEvent, PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Result, Room, RoomInfo, RoomPattern,
+    Snapshot, Transport, TransportHealth,
 };
 
 /// Hybrid settings.
@@ -227,6 +227,10 @@ impl Transport for HybridTransport {
 
     async fn dlq_len(&self, room: &Room) -> Result<u64> {
         self.storage.dlq_len(room).await
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.storage.dlq_rooms(prefix, after, limit).await
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {

@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::{
-    Capabilities, DlqEntry, Envelope, EphemeralEvent, HealthStatus, NewDlqEntry, NewEvent, PresenceMember,
-    PublishOutcome, ReplayPage, ReplayQuery, Room, RoomInfo, RoomPattern, Snapshot, Timestamp, Transport,
-    TransportHealth,
+    Capabilities, DlqEntry, DlqRoom, Envelope, EphemeralEvent, HealthStatus, NewDlqEntry, NewEvent,
+    PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Room, RoomInfo, RoomPattern, Snapshot,
+    Timestamp, Transport, TransportHealth,
 };
 
 use crate::config::{ChangeStreams, CollectionNames, MongoConfig, validate_database_name};
@@ -1241,6 +1241,49 @@ impl Transport for MongoTransport {
             .count_documents(doc! { "room": room.as_str() })
             .await
             .map_err(MongoError::from)?)
+    }
+
+    async fn dlq_rooms(
+        &self,
+        prefix: &str,
+        after: Option<&Room>,
+        limit: usize,
+    ) -> zps_core::Result<Vec<DlqRoom>> {
+        self.check_open()?;
+        let filter = match after {
+            Some(after) => doc! { "room": { "$gt": after.as_str() } },
+            None => doc! {},
+        };
+        let names = self
+            .inner
+            .c
+            .dlq
+            .distinct("room", filter)
+            .await
+            .map_err(MongoError::from)?;
+        let mut rooms: Vec<Room> = names
+            .iter()
+            .filter_map(Bson::as_str)
+            .filter(|name| name.starts_with(prefix))
+            .filter_map(|name| Room::parse(name).ok())
+            .filter(|room| after.is_none_or(|a| room > a))
+            .collect();
+        rooms.sort_unstable();
+        rooms.truncate(limit);
+        let mut out = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            let len = self
+                .inner
+                .c
+                .dlq
+                .count_documents(doc! { "room": room.as_str() })
+                .await
+                .map_err(MongoError::from)?;
+            if len > 0 {
+                out.push(DlqRoom { room, len });
+            }
+        }
+        Ok(out)
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {

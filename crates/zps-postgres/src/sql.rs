@@ -27,6 +27,7 @@ pub(crate) struct Queries {
     pub(crate) dlq_list: String,
     pub(crate) dlq_remove: String,
     pub(crate) dlq_len: String,
+    pub(crate) dlq_rooms: String,
     pub(crate) presence_lock: String,
     pub(crate) presence_enter: String,
     pub(crate) presence_leave: String,
@@ -216,6 +217,12 @@ impl Queries {
             ),
             dlq_remove: format!("DELETE FROM {dlq} WHERE room = $1 AND entry_id = ANY($2::bigint[])"),
             dlq_len: format!("SELECT count(*) FROM {dlq} WHERE room = $1"),
+            // Byte order (COLLATE "C"), as rooms compare everywhere else, so pages never skip.
+            dlq_rooms: format!(
+                "SELECT room, count(*) AS len FROM {dlq}
+                 WHERE starts_with(room, $1) AND room COLLATE \"C\" > $2
+                 GROUP BY room ORDER BY room COLLATE \"C\" LIMIT $3"
+            ),
             // Serialises the enters of one user (see `presence_enter`); the two-int key
             // space never meets the migrator's single-bigint lock, and a hash collision
             // only makes two enters wait for each other.

@@ -18,8 +18,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use zps_core::fanout::FanoutItem;
 use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::{
-    Capabilities, DlqEntry, Envelope, EphemeralEvent, Error, HealthStatus, LiveSignal, NewDlqEntry, NewEvent,
-    PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Room, RoomInfo, RoomPattern, Snapshot,
+    Capabilities, DlqEntry, DlqRoom, Envelope, EphemeralEvent, Error, HealthStatus, LiveSignal, NewDlqEntry,
+    NewEvent, PresenceMember, PublishOutcome, ReplayPage, ReplayQuery, Room, RoomInfo, RoomPattern, Snapshot,
     Timestamp, Transport, TransportHealth,
 };
 
@@ -715,6 +715,36 @@ impl Transport for PostgresTransport {
             .await
             .map_err(PostgresError::from)?;
         Ok(to_u64(n))
+    }
+
+    async fn dlq_rooms(
+        &self,
+        prefix: &str,
+        after: Option<&Room>,
+        limit: usize,
+    ) -> zps_core::Result<Vec<DlqRoom>> {
+        self.check_open()?;
+        let rows = sqlx::query(&self.inner.q.dlq_rooms)
+            .bind(prefix)
+            .bind(after.map_or("", Room::as_str))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(PostgresError::from)?;
+        rows.iter()
+            .map(|row| {
+                let room: String = row.try_get("room").map_err(PostgresError::from)?;
+                let len: i64 = row.try_get("len").map_err(PostgresError::from)?;
+                let room = Room::parse(&room).map_err(|e| PostgresError::Corrupt {
+                    table: "dlq",
+                    detail: format!("room `{room}`: {e}"),
+                })?;
+                Ok(DlqRoom {
+                    room,
+                    len: to_u64(len),
+                })
+            })
+            .collect()
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {

@@ -262,6 +262,24 @@ impl Keys {
             .is_some_and(|rest| rest.starts_with('{'))
     }
 
+    /// `SCAN MATCH` pattern of the dead-letter streams of rooms starting with `room_prefix`.
+    pub(crate) fn dlq_scan_pattern(&self, room_prefix: &str) -> String {
+        format!(
+            "{}{{{}*",
+            glob_escape(&self.config.dlq_prefix),
+            glob_escape(room_prefix)
+        )
+    }
+
+    /// The room whose dead-letter stream `key` is.
+    pub(crate) fn dlq_room(&self, key: &str) -> Option<Room> {
+        let room = key
+            .strip_prefix(self.config.dlq_prefix.as_str())?
+            .strip_prefix('{')?
+            .strip_suffix('}')?;
+        Room::parse(room).ok()
+    }
+
     /// `SCAN MATCH` pattern of every room stream.
     pub(crate) fn stream_scan_pattern(&self) -> String {
         format!("{}{{*", glob_escape(&self.config.stream_prefix))
@@ -296,6 +314,9 @@ mod tests {
             assert_eq!(&key[open + 1..close], "chat:123", "{key}");
         }
         assert_eq!(keys.stream(&r), "realtime:stream:{chat:123}");
+        assert_eq!(keys.dlq_room(&keys.dlq(&r)), Some(r.clone()));
+        assert_eq!(keys.dlq_room(&keys.stream(&r)), None);
+        assert_eq!(keys.dlq_scan_pattern("chat*"), "realtime:dlq:{chat\\**");
         assert_eq!(keys.idempotency(&r, "a:b"), "realtime:idempotency:{chat:123}:a:b");
     }
 

@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use zps_core::error::{Result, TransportError, TransportErrorKind};
 use zps_core::transport::{
-    Capabilities, EphemeralStream, HealthStatus, LiveStream, PublishOutcome, ReplayPage, ReplayQuery,
-    RoomInfo, Transport, TransportHealth,
+    Capabilities, DlqRoom, EphemeralStream, HealthStatus, LiveStream, PublishOutcome, ReplayPage,
+    ReplayQuery, RoomInfo, Transport, TransportHealth,
 };
 use zps_core::{
     DlqEntry, Envelope, EphemeralEvent, Error, NewDlqEntry, NewEvent, PresenceMember, Room, RoomPattern,
@@ -1122,6 +1122,36 @@ impl Transport for RedisTransport {
             .xlen(self.inner.keys.dlq(room))
             .await
             .map_err(core)
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.check_open()?;
+        let keys =
+            crate::admin::keys_matching(&self.inner.client, self.inner.keys.dlq_scan_pattern(prefix)).await?;
+        let mut rooms: Vec<Room> = keys
+            .iter()
+            .filter_map(|key| self.inner.keys.dlq_room(key))
+            .filter(|room| after.is_none_or(|a| room > a))
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut out = Vec::new();
+        for room in rooms {
+            if out.len() >= limit {
+                break;
+            }
+            // A stream whose entries were all removed stays behind, empty.
+            let len: u64 = self
+                .inner
+                .client
+                .xlen(self.inner.keys.dlq(&room))
+                .await
+                .map_err(core)?;
+            if len > 0 {
+                out.push(DlqRoom { room, len });
+            }
+        }
+        Ok(out)
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {

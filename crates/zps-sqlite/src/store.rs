@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use serde_json::value::RawValue;
 use zps_core::envelope::{DlqEntry, Envelope, NewDlqEntry, NewEvent, Snapshot};
-use zps_core::transport::{ReplayPage, ReplayQuery, RoomInfo};
+use zps_core::transport::{DlqRoom, ReplayPage, ReplayQuery, RoomInfo};
 use zps_core::{Room, Timestamp};
 
 use crate::error::{SqlResult, SqliteError};
@@ -291,6 +291,38 @@ pub(crate) fn dlq_remove(conn: &Connection, room: &Room, ids: &[u64]) -> SqlResu
         removed += stmt.execute(params![room.as_str(), db_seq(*id)])? as u64;
     }
     Ok(removed)
+}
+
+/// Rooms holding dead letters (SQLite compares text bytewise, as rooms compare).
+pub(crate) fn dlq_rooms(
+    conn: &Connection,
+    prefix: &str,
+    after: Option<&Room>,
+    limit: usize,
+) -> SqlResult<Vec<DlqRoom>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT room, COUNT(*) FROM zps_dlq WHERE substr(room, 1, length(?1)) = ?1 AND room > ?2
+             GROUP BY room ORDER BY room LIMIT ?3",
+        )?
+        .query_map(
+            params![
+                prefix,
+                after.map_or("", Room::as_str),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(room, len)| {
+            let room = Room::parse(&room).map_err(|e| corrupt("dead-letter room", e))?;
+            Ok(DlqRoom {
+                room,
+                len: u64::try_from(len).unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 /// How many dead letters the room holds.

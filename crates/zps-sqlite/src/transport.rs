@@ -15,8 +15,8 @@ use zps_core::envelope::{
 use zps_core::error::Result;
 use zps_core::fanout::LocalFanout;
 use zps_core::transport::{
-    Capabilities, EphemeralStream, LiveStream, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo, Transport,
-    TransportHealth,
+    Capabilities, DlqRoom, EphemeralStream, LiveStream, PublishOutcome, ReplayPage, ReplayQuery, RoomInfo,
+    Transport, TransportHealth,
 };
 use zps_core::{MemoryConfig, MemoryTransport, Room, RoomPattern, Timestamp};
 
@@ -318,6 +318,12 @@ impl Transport for SqliteTransport {
     async fn dlq_len(&self, room: &Room) -> Result<u64> {
         let room = room.clone();
         self.read(move |c| store::dlq_len(c, &room)).await
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        let (prefix, after) = (prefix.to_owned(), after.cloned());
+        self.read(move |c| store::dlq_rooms(c, &prefix, after.as_ref(), limit))
+            .await
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
