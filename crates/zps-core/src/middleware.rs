@@ -84,6 +84,24 @@ pub enum Action {
     DlqWrite,
     /// Reading the dead-letter queue (once per page read).
     DlqReplay,
+    /// Removing dead letters (`ctx.count` = entries removed, once it ran).
+    DlqRemove,
+    /// Listing the rooms that hold dead letters (`ctx.room` unset; the name
+    /// prefix in `ctx.extensions["prefix"]`).
+    DlqRooms,
+    /// Reading a room's head and epoch (room info, room lists).
+    RoomInfo,
+    /// Reading a subscriber's cursor.
+    GetCursor,
+    /// Reading a room's presence members.
+    PresenceMembers,
+    /// Deleting expired events (`ctx.count` = events removed, once it ran).
+    Prune,
+    /// Disconnecting a client by operator request (the gateway's kick; the
+    /// target in `ctx.subscriber_id` or `ctx.extensions["connection"]`).
+    Kick,
+    /// Minting a client token for someone else (the gateway's token route).
+    MintToken,
     /// Shutting the engine down.
     Close,
 }
@@ -106,6 +124,14 @@ impl Action {
             Self::PresenceLeave => "presenceLeave",
             Self::DlqWrite => "dlqWrite",
             Self::DlqReplay => "dlqReplay",
+            Self::DlqRemove => "dlqRemove",
+            Self::DlqRooms => "dlqRooms",
+            Self::RoomInfo => "roomInfo",
+            Self::GetCursor => "getCursor",
+            Self::PresenceMembers => "presenceMembers",
+            Self::Prune => "prune",
+            Self::Kick => "kick",
+            Self::MintToken => "mintToken",
             Self::Close => "close",
         }
     }

@@ -191,21 +191,31 @@ async fn every_action_passes_through_middleware() {
     .await
     .unwrap();
     let _: Vec<_> = dlq.replay(10).try_collect().await.unwrap();
+    assert_eq!(rt.dlq_rooms("", None, 10).await.unwrap().len(), 1);
+    assert_eq!(dlq.remove(&[1]).await.unwrap(), 1);
+    rt.prune_expired().await.unwrap();
+    rt.check(zps_core::middleware::Context::new(Action::RoomInfo).with_room(chat.clone()))
+        .await
+        .unwrap();
     rt.close().await.unwrap();
     let expected = [
         "ack",
         "catchUp",
         "close",
         "deliver",
+        "dlqRemove",
         "dlqReplay",
+        "dlqRooms",
         "dlqWrite",
         "ephemeralDeliver",
         "ephemeralPublish",
         "getSnapshot",
         "presenceEnter",
         "presenceLeave",
+        "prune",
         "publish",
         "replay",
+        "roomInfo",
         "snapshot",
         "subscribe",
     ];

@@ -7,6 +7,7 @@ use crate::envelope::{DlqEntry, NewDlqEntry};
 use crate::error::{Error, Result};
 use crate::middleware::{Action, Context};
 use crate::room::Room;
+use crate::transport::DlqRoom;
 
 use super::Realtime;
 use super::handler::dlq_write;
@@ -45,15 +46,24 @@ impl Dlq {
     }
 
     /// Removes entries (e.g. after repairing them); returns how many existed.
+    /// Runs the `dlqRemove` middleware action (`ctx.count` = entries removed).
     pub async fn remove(&self, entry_ids: &[u64]) -> Result<u64> {
-        self.engine.inner.check_open()?;
-        let n = self
-            .engine
-            .inner
-            .transport
-            .dlq_remove(&self.room, entry_ids)
+        let inner = &self.engine.inner;
+        inner.check_open()?;
+        let transport = inner.transport.clone();
+        let ids = entry_ids.to_vec();
+        let ctx = Context::new(Action::DlqRemove).with_room(self.room.clone());
+        let (_, n) = inner
+            .call(ctx, move |mut ctx| async move {
+                let Some(room) = &ctx.room else {
+                    return Err(Error::Rejected("middleware removed the room".into()));
+                };
+                let n = transport.dlq_remove(room, &ids).await?;
+                ctx.count = Some(usize::try_from(n).unwrap_or(usize::MAX));
+                Ok((ctx, n))
+            })
             .await?;
-        self.engine.inner.metrics.dlq_delta(-(n as i64));
+        inner.metrics.dlq_delta(-(n as i64));
         Ok(n)
     }
 
@@ -104,6 +114,29 @@ impl Dlq {
             }
         })
         .boxed()
+    }
+}
+
+impl Realtime {
+    /// Rooms holding dead letters whose name starts with `prefix`, in name order
+    /// after `after`, at most `limit` (1–1 000): the operator's index of the
+    /// dead-letter queues, from the store, so cluster-wide on shared providers.
+    /// Runs the `dlqRooms` middleware action (`ctx.extensions["prefix"]`).
+    pub async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let transport = inner.transport.clone();
+        let (prefix, after, limit) = (prefix.to_owned(), after.cloned(), limit.clamp(1, 1_000));
+        let mut ctx = Context::new(Action::DlqRooms);
+        ctx.extensions.insert("prefix".into(), prefix.clone().into());
+        let (_, rooms) = inner
+            .call(ctx, move |mut ctx| async move {
+                let rooms = transport.dlq_rooms(&prefix, after.as_ref(), limit).await?;
+                ctx.count = Some(rooms.len());
+                Ok((ctx, rooms))
+            })
+            .await?;
+        Ok(rooms)
     }
 }
 

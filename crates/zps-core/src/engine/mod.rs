@@ -814,10 +814,37 @@ impl Realtime {
         }
     }
 
-    /// Deletes expired events from the transport; returns how many.
+    /// Deletes expired events from the transport; returns how many. Runs the
+    /// `prune` middleware action (`ctx.count` = events removed).
     pub async fn prune_expired(&self) -> Result<u64> {
         self.inner.check_open()?;
-        self.inner.transport.prune_expired().await
+        let transport = self.inner.transport.clone();
+        let (_, removed) = self
+            .inner
+            .call(Context::new(Action::Prune), move |mut ctx| async move {
+                let removed = transport.prune_expired().await?;
+                ctx.count = Some(usize::try_from(removed).unwrap_or(usize::MAX));
+                Ok((ctx, removed))
+            })
+            .await?;
+        Ok(removed)
+    }
+
+    /// Runs the middleware chain around no operation of the engine's own: how
+    /// callers outside it (the gateway's HTTP API reading room info, cursors
+    /// and presence lists, kicking clients, minting tokens) let the same policy
+    /// middleware see each request by its action name and refuse it.
+    ///
+    /// ```
+    /// # async fn demo(rt: zps_core::Realtime, room: zps_core::Room) -> zps_core::Result<()> {
+    /// use zps_core::middleware::{Action, Context};
+    /// rt.check(Context::new(Action::RoomInfo).with_room(room.clone())).await?;
+    /// let info = rt.room_info(&room).await?;
+    /// # let _ = info; Ok(()) }
+    /// ```
+    pub async fn check(&self, ctx: Context) -> Result<Context> {
+        self.inner.check_open()?;
+        self.inner.run(ctx, |ctx| async move { Ok(ctx) }).await
     }
 
     /// Whether [`Realtime::close`] ran.

@@ -9,6 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use parking_lot::Mutex;
+use zps_core::middleware::{Action, Context};
 use zps_core::{Room, RoomPattern};
 use zps_protocol::ErrorCode;
 
@@ -37,6 +38,22 @@ impl Caller {
                 None => "anonymous".to_owned(),
             },
         }
+    }
+
+    /// Lets policy middleware see, and refuse, an operation the engine does not
+    /// run itself (room info, cursor and presence reads, kicks, token minting):
+    /// the context carries the action, the room and `extensions["caller"]`.
+    pub(crate) async fn check(
+        &self,
+        gw: &Shared,
+        action: Action,
+        room: Option<&Room>,
+    ) -> Result<(), ApiError> {
+        let mut ctx = Context::new(action);
+        ctx.room = room.cloned();
+        ctx.extensions.insert("caller".into(), self.bucket().into());
+        gw.engine.check(ctx).await?;
+        Ok(())
     }
 
     /// Requires an API key with `scope` covering `target` (operators only).

@@ -20,6 +20,7 @@ use crate::auth::AuthAction;
 use crate::cluster;
 use crate::conn::Command;
 use crate::shared::Shared;
+use zps_core::middleware::Action;
 
 /// A room name (path or body): the same checks as a socket's (reserved scope,
 /// `--scopes` allow-list), and an exact room, never a pattern.
@@ -94,6 +95,7 @@ pub(crate) async fn list_rooms(
     Query(p): Query<ListParams>,
 ) -> Result<Json<RoomList>, ApiError> {
     let key = caller.key_for(Scope::Read, None)?;
+    caller.check(&gw, Action::RoomInfo, None).await?;
     let limit = p.limit.unwrap_or(100).clamp(1, 1_000);
     let (counts, nodes) = cluster_counts(&gw).await?;
     let mut rooms: Vec<RoomCount> = counts
@@ -147,6 +149,7 @@ pub(crate) async fn room(
     caller
         .allow(&gw, Scope::Read, AuthAction::Subscribe, &room)
         .await?;
+    caller.check(&gw, Action::RoomInfo, Some(&room)).await?;
     let info = gw.engine.room_info(&room).await?;
     let (counts, _) = cluster_counts(&gw).await?;
     let presence = gw.engine.presence(room.clone()).members().await?.len();
@@ -268,6 +271,7 @@ pub(crate) async fn presence(
     caller
         .allow(&gw, Scope::Read, AuthAction::Subscribe, &room)
         .await?;
+    caller.check(&gw, Action::PresenceMembers, Some(&room)).await?;
     let members = gw.engine.presence(room.clone()).members().await?;
     Ok(Json(PresenceOut {
         room: room.to_string(),

@@ -3,6 +3,7 @@
 //! running its own JWT code. Needs a gateway that signs with an HS256 secret.
 
 use std::sync::Arc;
+use zps_core::middleware::Action;
 
 use axum::Json;
 use axum::extract::State;
@@ -63,6 +64,7 @@ pub(crate) async fn mint(
     Body(t): Body<TokenIn>,
 ) -> Result<Json<TokenOut>, ApiError> {
     let key = caller.key_for(Scope::Read, None)?;
+    caller.check(&gw, Action::MintToken, None).await?;
     let Some(JwtKey::Hs256(secret)) = &gw.config.auth.jwt else {
         return Err(ApiError::new(
             ErrorCode::Unsupported,
@@ -151,6 +153,7 @@ pub(crate) async fn mint_room(
 ) -> Result<Json<TokenOut>, ApiError> {
     let room = super::rooms::parse_room(&gw, &t.room)?;
     caller.key_for(Scope::Admin, Some(&zps_core::RoomPattern::Exact(room.clone())))?;
+    caller.check(&gw, Action::MintToken, Some(&room)).await?;
     let Some(JwtKey::Hs256(secret)) = &gw.config.auth.jwt else {
         return Err(ApiError::new(
             ErrorCode::Unsupported,
