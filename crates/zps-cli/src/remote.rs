@@ -82,15 +82,18 @@ pub(crate) struct HistoryArgs {
 /// `dlq`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum DlqCommand {
-    /// List a room's dead letters.
+    /// List a room's dead letters; without a room, the rooms that hold some.
     List {
         #[command(flatten)]
         server: ServerArgs,
-        /// The room.
-        room: String,
-        /// Entries after this entry id.
-        #[arg(long, default_value_t = 0)]
+        /// The room (omit it to list rooms with dead letters).
+        room: Option<String>,
+        /// Entries after this entry id (with a room).
+        #[arg(long, default_value_t = 0, requires = "room")]
         after: u64,
+        /// Only rooms starting with this (without a room).
+        #[arg(long, conflicts_with = "room")]
+        prefix: Option<String>,
     },
     /// Publish a dead letter again (as a new event) and remove it.
     Replay {
@@ -293,7 +296,41 @@ pub(crate) async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn dlq(c: DlqCommand) -> anyhow::Result<ExitCode> {
     match c {
-        DlqCommand::List { server, room, after } => {
+        DlqCommand::List {
+            server,
+            room: None,
+            prefix,
+            ..
+        } => {
+            let index = server
+                .admin()?
+                .dlq_rooms(prefix.as_deref(), None, Some(1_000))
+                .await?;
+            if server.json {
+                let rooms: Vec<_> = index
+                    .rooms
+                    .iter()
+                    .map(|r| serde_json::json!({"room": r.room, "size": r.size}))
+                    .collect();
+                print_json(&serde_json::json!({"rooms": rooms, "next": index.next}))?;
+            } else {
+                let rows = index
+                    .rooms
+                    .into_iter()
+                    .map(|r| vec![r.room, r.size.to_string()])
+                    .collect();
+                table(&["room", "dead letters"], rows);
+                if let Some(next) = index.next {
+                    eprintln!("(more rooms after {next}: narrow with --prefix)");
+                }
+            }
+        }
+        DlqCommand::List {
+            server,
+            room: Some(room),
+            after,
+            ..
+        } => {
             let page = server.admin()?.dlq(&room, after, None).await?;
             if server.json {
                 print_json(&page.entries)?;

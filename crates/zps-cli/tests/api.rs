@@ -435,6 +435,24 @@ async fn cluster_counts_and_dead_letters_on_postgres() {
         entries.push(entry.entry_id.to_string());
     }
     let server = http(&b);
+    // Without a room: the rooms that hold dead letters, from the store.
+    let (code, index, err) = cli(&server, &["dlq", "list", "--prefix", "billing:", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let index: Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(
+        index["rooms"],
+        json!([{"room": "billing:1", "size": 2}]),
+        "{index}"
+    );
+    let (_, table, _) = cli(&server, &["dlq", "list"]);
+    assert_eq!(
+        table
+            .lines()
+            .nth(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["billing:1", "2"]),
+        "{table}"
+    );
     let (code, listed, err) = cli(&server, &["dlq", "list", "billing:1", "--json"]);
     assert_eq!(code, 0, "{err}");
     let listed: Value = serde_json::from_str(&listed).unwrap();

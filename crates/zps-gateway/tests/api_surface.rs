@@ -47,6 +47,7 @@ async fn openapi_document_matches_the_routes_and_validates() {
         "PUT /api/v1/subscribers/{id}/cursors/{room}",
         "POST /api/v1/subscribers/{id}/disconnect",
         "DELETE /api/v1/connections/{id}",
+        "GET /api/v1/dlq",
         "GET /api/v1/rooms/{room}/dlq",
         "POST /api/v1/rooms/{room}/dlq/{entry}/replay",
         "DELETE /api/v1/rooms/{room}/dlq/{entry}",
@@ -105,7 +106,10 @@ async fn root_answers_browsers_and_the_demo_is_opt_in() {
     assert_eq!(root.status(), 200);
     let text = root.text().await.unwrap();
     assert!(
-        text.contains("/ws") && text.contains("/api/v1/openapi.json") && !text.contains("/demo/"),
+        text.starts_with(&format!("zero-pub-sub gateway {}\n", env!("CARGO_PKG_VERSION")))
+            && text.contains("/ws")
+            && text.contains("/api/v1/openapi.json")
+            && !text.contains("/demo/"),
         "{text}"
     );
     assert_eq!(reqwest::get(off.http_url("/demo/")).await.unwrap().status(), 404);

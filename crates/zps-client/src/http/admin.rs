@@ -109,6 +109,25 @@ pub struct DlqPage {
     pub total: u64,
 }
 
+/// A room whose dead-letter queue is not empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DlqRoom {
+    /// The room.
+    pub room: String,
+    /// Dead letters it holds.
+    pub size: u64,
+}
+
+/// One page of the rooms holding dead letters.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DlqIndex {
+    /// By room name.
+    pub rooms: Vec<DlqRoom>,
+    /// The next page's `after`, when there is one.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
 /// The event a dead-letter replay published.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Replayed {
@@ -262,6 +281,23 @@ impl Admin {
         ]);
         let path = format!("/connections/{}{q}", segment(connection));
         self.api.json(Method::DELETE, &path, None, Retry::Never).await
+    }
+
+    /// Rooms holding dead letters, by name, from `after` (paged), from the store.
+    pub async fn dlq_rooms(
+        &self,
+        prefix: Option<&str>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<DlqIndex> {
+        let q = query(&[
+            ("prefix", prefix.map(str::to_owned)),
+            ("after", after.map(str::to_owned)),
+            ("limit", limit.map(|l| l.to_string())),
+        ]);
+        self.api
+            .json(Method::GET, &format!("/dlq{q}"), None, Retry::Safe)
+            .await
     }
 
     /// A page of a room's dead letters after entry `after`.

@@ -30,8 +30,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use admin::{
-    Admin, Closed, DlqPage, EventsPage, EventsQuery, MintedToken, PresenceList, Replayed, RoomCount,
-    RoomList, RoomState,
+    Admin, Closed, DlqIndex, DlqPage, DlqRoom, EventsPage, EventsQuery, MintedToken, PresenceList, Replayed,
+    RoomCount, RoomList, RoomState,
 };
 pub use publisher::{BatchResult, Publisher};
 

@@ -17,6 +17,7 @@ use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
 use crate::shared::Shared;
+use zps_core::middleware::Action;
 
 /// A subscriber's position in a room.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -58,6 +59,7 @@ pub(crate) async fn get_cursor(
     let room = parse_room(&gw, &raw)?;
     own_subscriber(&caller, &id)?;
     caller.allow(&gw, Scope::Read, AuthAction::Ack, &room).await?;
+    caller.check(&gw, Action::GetCursor, Some(&room)).await?;
     let sequence = gw
         .engine
         .cursor(&room, &id)
@@ -125,6 +127,7 @@ pub(crate) async fn disconnect_subscriber(
     Body(body): Body<KickIn>,
 ) -> Result<Json<Closed>, ApiError> {
     caller.unlimited_key(Scope::Admin)?;
+    caller.check(&gw, Action::Kick, None).await?;
     if let Some(secs) = body.ban_seconds {
         gw.ban(&id, Duration::from_secs(secs));
     }
@@ -151,6 +154,7 @@ pub(crate) async fn kick_connection(
     Query(q): Query<KickIn>,
 ) -> Result<Json<Closed>, ApiError> {
     caller.unlimited_key(Scope::Admin)?;
+    caller.check(&gw, Action::Kick, None).await?;
     let conn = gw
         .find_connection(&id)
         .ok_or_else(|| ApiError::not_found(format!("no connection {id} on this gateway")))?;
@@ -205,6 +209,82 @@ pub(crate) async fn dlq_list(
         .await?;
     let total = dlq.len().await?;
     Ok(Json(DlqPage { entries, total }))
+}
+
+/// `GET /dlq` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DlqIndexParams {
+    /// Only rooms whose name starts with this.
+    prefix: Option<String>,
+    /// Rooms after this one (the previous page's `next`).
+    after: Option<String>,
+    /// Page size (default 100, at most 1 000).
+    limit: Option<usize>,
+}
+
+/// A room whose dead-letter queue is not empty.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DlqRoomOut {
+    /// The room.
+    room: String,
+    /// Dead letters it holds.
+    size: u64,
+}
+
+/// The rooms holding dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DlqIndex {
+    /// In room-name order.
+    rooms: Vec<DlqRoomOut>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Every room with dead letters and how many, from the store (cluster-wide on
+/// the shared providers): where an operator starts without knowing the rooms.
+/// A key limited to some rooms sees only those.
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    tag = "operations",
+    params(DlqIndexParams),
+    responses((status = 200, body = DlqIndex), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn dlq_index(
+    State(gw): State<Arc<Shared>>,
+    caller: Caller,
+    Query(p): Query<DlqIndexParams>,
+) -> Result<Json<DlqIndex>, ApiError> {
+    let key = caller.key_for(Scope::Read, None)?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 1_000);
+    let prefix = p.prefix.unwrap_or_default();
+    let mut after = p.after.as_deref().map(|a| parse_room(&gw, a)).transpose()?;
+    let mut rooms = Vec::new();
+    // Rooms the key may not see are skipped, so a page may take several reads.
+    loop {
+        let page = gw.engine.dlq_rooms(&prefix, after.as_ref(), limit + 1).await?;
+        let exhausted = page.len() <= limit;
+        after = page.last().map(|r| r.room.clone());
+        rooms.extend(
+            page.into_iter()
+                .filter(|r| key.covers(&RoomPattern::Exact(r.room.clone())))
+                .map(|r| DlqRoomOut {
+                    room: r.room.as_str().to_owned(),
+                    size: r.len,
+                }),
+        );
+        if exhausted || rooms.len() > limit {
+            break;
+        }
+    }
+    let next = (rooms.len() > limit).then(|| {
+        rooms.truncate(limit);
+        rooms.last().map(|r| r.room.clone()).unwrap_or_default()
+    });
+    Ok(Json(DlqIndex { rooms, next }))
 }
 
 /// The event published again by a dead-letter replay.

@@ -124,6 +124,7 @@ fn api() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
         .routes(routes!(manage::get_cursor, manage::put_cursor))
         .routes(routes!(manage::disconnect_subscriber))
         .routes(routes!(manage::kick_connection))
+        .routes(routes!(manage::dlq_index))
         .routes(routes!(manage::dlq_list))
         .routes(routes!(manage::dlq_replay))
         .routes(routes!(manage::dlq_remove))
