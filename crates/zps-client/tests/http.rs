@@ -187,6 +187,53 @@ async fn publishes_are_retried_once_stored_and_ephemerals_are_not() {
     );
 }
 
+/// The worst case for a retry: the event was stored and only the answer was
+/// lost. The retry carries the same id, so it is answered as a duplicate with
+/// the first sequence, and the room holds one event.
+#[tokio::test]
+async fn a_publish_whose_answer_was_lost_is_stored_once() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+    let gw = TestGateway::start(config()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = listener.local_addr().unwrap();
+    let (target, (swallowed_tx, mut swallowed)) = (gw.addr, tokio::sync::mpsc::unbounded_channel::<()>());
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut down, _)) = listener.accept().await {
+            let Ok(mut up) = TcpStream::connect(target).await else {
+                return;
+            };
+            if !std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                continue;
+            }
+            // The request goes through; the gateway's answer is read and
+            // dropped, then the client's connection is closed.
+            let (mut down_r, down_w) = down.into_split();
+            let (mut up_r, mut up_w) = up.into_split();
+            let forward = tokio::spawn(async move { tokio::io::copy(&mut down_r, &mut up_w).await });
+            let mut answer = [0u8; 4096];
+            let n = up_r.read(&mut answer).await.unwrap_or(0);
+            assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+            forward.abort();
+            drop(down_w);
+            let _ = swallowed_tx.send(());
+        }
+    });
+    let publisher = Publisher::with_options(&base(relay), KEY, quick()).unwrap();
+    let receipt = publisher
+        .publish(OutgoingEvent::new("orders:7", "created", &json!({"n": 1})).unwrap())
+        .await
+        .unwrap();
+    swallowed.recv().await.unwrap();
+    assert_eq!((receipt.sequence, receipt.duplicate), (1, true), "{receipt:?}");
+    let room = zps_core::Room::parse("orders:7").unwrap();
+    assert_eq!(gw.engine().room_info(&room).await.unwrap().last_sequence, 1);
+}
+
 #[tokio::test]
 async fn a_minted_token_opens_a_websocket_client() {
     let gw = TestGateway::start(config()).await;
