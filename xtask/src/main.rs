@@ -198,7 +198,20 @@ fn js_client_tests() -> Result<()> {
         .arg("test")
         .current_dir(&js)
         .env("ZPS_GATEWAY_BIN", &bin)
-        .env("CHROMIUM_PATH", "/usr/bin/chromium"))?;
+        .env("ZPS_CHROMIUM", "/usr/bin/chromium")
+        // The browser tests run here, always: an inherited opt-out must not skip them.
+        .env_remove("ZPS_SKIP_BROWSER"))?;
+    let shot = js.join("test-artifacts/demo.png");
+    if !shot.exists() {
+        bail!(
+            "the browser tests left no screenshot of the demo page at {}",
+            shot.display()
+        );
+    }
+    println!(
+        "xtask: screenshot of the demo page (CI artifact): {}",
+        shot.display()
+    );
     for file in ["index.html", "demo.js"] {
         let built = std::fs::read(js.join("dist-demo").join(file))?;
         let embedded = std::fs::read(root().join("crates/zps-gateway/assets/demo").join(file))?;

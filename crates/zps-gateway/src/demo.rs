@@ -48,10 +48,11 @@ pub(crate) async fn root(
         Ok(ws) => crate::ws::handler(state, headers, ws).await,
         Err(_) => {
             let gw = &state.0;
-            let mut text = String::from(
-                "zero-pub-sub gateway\n\n\
+            let mut text = format!(
+                "zero-pub-sub gateway {}\n\n\
                  WebSocket  /ws (protocol: docs/protocol.md)\n\
                  SSE        /events?room=ROOM\n",
+                env!("CARGO_PKG_VERSION")
             );
             if gw.config.api.enabled {
                 text.push_str("HTTP API   /api/v1 (OpenAPI: /api/v1/openapi.json)\n");
