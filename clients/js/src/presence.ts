@@ -34,7 +34,10 @@ interface RoomState {
   members: Map<string, PresenceMember>;
   entered: { metadata: Record<string, unknown> | undefined } | undefined;
   watchers: Set<PresenceListener>;
-  waiters: { resolve: (m: PresenceMember[]) => void; reject: (e: Error) => void }[];
+  /** Waiting calls; `skip`: answers to earlier requests still due before theirs. */
+  waiters: { skip: number; resolve: (m: PresenceMember[]) => void; reject: (e: Error) => void }[];
+  /** `presence_state` answers still due (one per subscribe or enter sent). */
+  asked: number;
   synced: boolean;
 }
 
@@ -47,7 +50,7 @@ export class PresenceSet {
   private slot(room: string): RoomState {
     let s = this.states.get(room);
     if (!s) {
-      s = { members: new Map(), entered: undefined, watchers: new Set(), waiters: [], synced: false };
+      s = { members: new Map(), entered: undefined, watchers: new Set(), waiters: [], asked: 0, synced: false };
       this.states.set(room, s);
     }
     return s;
@@ -57,20 +60,34 @@ export class PresenceSet {
     if (this.io.online()) this.io.send(msg);
   }
 
+  /** Sends a request the gateway answers with a `presence_state`, counting it. */
+  private ask(s: RoomState, msg: ClientMessage): void {
+    if (!this.io.online()) return;
+    s.asked++;
+    this.io.send(msg);
+  }
+
   private enterMsg(room: string, s: RoomState): ClientMessage {
     const msg: ClientMessage = { type: 'presence_enter', room };
     if (s.entered?.metadata) msg.metadata = s.entered.metadata;
     return msg;
   }
 
-  /** Waits for the next `presence_state` of `room`. */
+  /** Waits for the answer to the request sent next: earlier requests' answers
+   * (a watch's list sent before an enter, without the caller) are skipped. */
   private wait(s: RoomState): Promise<PresenceMember[]> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         const i = s.waiters.indexOf(w);
-        if (i >= 0) s.waiters.splice(i, 1), reject(this.io.timeout());
+        if (i < 0) return;
+        // Its request went unanswered (refused): stop counting on that answer.
+        s.waiters.splice(i, 1);
+        s.asked = Math.max(0, s.asked - 1);
+        for (const o of s.waiters) o.skip = Math.min(o.skip, s.asked);
+        reject(this.io.timeout());
       }, this.io.timeoutMs);
       const w = {
+        skip: s.asked,
         resolve: (m: PresenceMember[]) => (clearTimeout(timer), resolve(m)),
         reject: (e: Error) => (clearTimeout(timer), reject(e)),
       };
@@ -89,7 +106,7 @@ export class PresenceSet {
         const s = this.slot(room);
         s.entered = { metadata };
         const p = this.wait(s);
-        this.send(this.enterMsg(room, s));
+        this.ask(s, this.enterMsg(room, s));
         return p;
       },
       leave: async () => {
@@ -108,7 +125,7 @@ export class PresenceSet {
         const s = this.slot(room);
         if (s.synced) return [...s.members.values()];
         const p = this.wait(s);
-        this.send(s.entered ? this.enterMsg(room, s) : { type: 'presence_subscribe', room });
+        this.ask(s, s.entered ? this.enterMsg(room, s) : { type: 'presence_subscribe', room });
         try {
           return await p;
         } finally {
@@ -123,7 +140,7 @@ export class PresenceSet {
         const s = this.slot(room);
         s.watchers.add(cb);
         if (s.synced) cb([...s.members.values()], { kind: 'members', room, members: [...s.members.values()] });
-        else if (!s.entered && s.watchers.size === 1) this.send({ type: 'presence_subscribe', room });
+        else if (!s.entered && s.watchers.size === 1) this.ask(s, { type: 'presence_subscribe', room });
         return () => {
           if (!s.watchers.delete(cb) || s.watchers.size || s.entered) return;
           s.synced = false;
@@ -137,14 +154,23 @@ export class PresenceSet {
   /** A connection became ready: re-enter and re-watch. */
   onReady(): void {
     for (const [room, s] of this.states) {
-      if (s.entered) this.io.send(this.enterMsg(room, s));
-      else if (s.watchers.size || s.waiters.length) this.io.send({ type: 'presence_subscribe', room });
+      const msg: ClientMessage | undefined = s.entered
+        ? this.enterMsg(room, s)
+        : s.watchers.size || s.waiters.length
+          ? { type: 'presence_subscribe', room }
+          : undefined;
+      if (msg) s.asked++, this.io.send(msg);
     }
   }
 
   /** The connection dropped: the server forgot this connection's presence. */
   onDisconnect(): void {
-    for (const s of this.states.values()) s.synced = false;
+    for (const s of this.states.values()) {
+      // Requests in flight die with the connection; `onReady` asks again once.
+      s.synced = false;
+      s.asked = 0;
+      for (const w of s.waiters) w.skip = 0;
+    }
   }
 
   /** A `presence_state` answer: the full member list. */
@@ -153,8 +179,11 @@ export class PresenceSet {
     if (!s || !members) return;
     s.members = new Map(members.map((m) => [m.userId, m]));
     s.synced = true;
+    s.asked = Math.max(0, s.asked - 1);
     const list = [...s.members.values()];
-    for (const w of s.waiters.splice(0)) w.resolve(list);
+    const due = s.waiters.filter((w) => w.skip-- <= 0);
+    s.waiters = s.waiters.filter((w) => !due.includes(w));
+    for (const w of due) w.resolve(list);
     for (const cb of s.watchers) cb(list, { kind: 'members', room, members: list });
   }
 

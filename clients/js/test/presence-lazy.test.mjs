@@ -73,3 +73,18 @@ test('presence (lazy): close() while the chunk is loading rejects the waiting ca
   await c.close();
   await assert.rejects(pending, ClientClosedError);
 });
+
+test('presence: enter after a watch resolves with the answer to the enter (the caller listed), not the watch', async () => {
+  const c = make();
+  await c.connected();
+  const p = c.presence('chat:order');
+  const seen = [];
+  const off = p.onChange((list) => seen.push(list.map((m) => m.userId).join()));
+  // The watch's presence_subscribe goes first; its answer (no one yet) must not settle the enter.
+  const entered = await p.enter({ name: 'Me' });
+  assert.deepEqual(entered.map((m) => m.userId), ['me']);
+  await waitFor(() => seen.includes('me'));
+  assert.equal(seen[0], '', 'the watch saw the empty room first');
+  off();
+  await p.leave();
+});
