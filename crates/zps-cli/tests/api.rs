@@ -343,6 +343,69 @@ async fn cluster_counts(a: &Gateway, b: &Gateway) {
     assert_eq!(members[0].user_id, "member-2");
 }
 
+/// A disconnect sent to node A closes the subscriber's connection on node B
+/// (the reason, then close 4403) and bans it there too.
+async fn cluster_disconnect(a: &Gateway, b: &Gateway) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let sa = http(a);
+    let (code, token, err) = cli(&sa, &["token", "roamer", "--room", "team:*"]);
+    assert_eq!(code, 0, "{err}");
+    let (mut ws, _) = ready_with(&b.ws, "roamer", token.trim()).await;
+    let (code, out, err) = cli(
+        &sa,
+        &[
+            "kick",
+            "--subscriber",
+            "roamer",
+            "--reason",
+            "moved",
+            "--ban-seconds",
+            "60",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["closed"],
+        0,
+        "none on node A"
+    );
+    let mut told = None;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let m: Value = serde_json::from_str(t.as_str()).unwrap();
+                if m["type"] == "error" {
+                    told = Some(m);
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("node B did not close the connection: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4403));
+    let told = told.unwrap_or_else(|| panic!("no reason before the close"));
+    assert!(
+        told["message"].as_str().unwrap_or_default().contains("moved"),
+        "{told}"
+    );
+    // Banned on node B as well: a reconnection is refused.
+    let (mut again, _) = tokio_tungstenite::connect_async(b.ws.as_str()).await.unwrap();
+    send(
+        &mut again,
+        json!({"type": "init", "subscriberId": "roamer", "token": token.trim()}),
+    )
+    .await;
+    let refused = recv(&mut again).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("4403")),
+        "{refused}"
+    );
+}
+
 fn cluster_node(provider: &[&str]) -> Gateway {
     let mut args = vec![
         "--api-key",
@@ -370,6 +433,7 @@ async fn cluster_counts_on_redis() {
     ];
     let (a, b) = (cluster_node(&provider), cluster_node(&provider));
     cluster_counts(&a, &b).await;
+    cluster_disconnect(&a, &b).await;
     drop((a, b));
     use zps_redis::fred::prelude::*;
     let client = Builder::from_config(Config::from_url(&redis).unwrap())
@@ -405,6 +469,7 @@ async fn cluster_counts_and_dead_letters_on_postgres() {
     ];
     let (a, b) = (cluster_node(&provider), cluster_node(&provider));
     cluster_counts(&a, &b).await;
+    cluster_disconnect(&a, &b).await;
 
     // Dead letters written by a backend's engine, handled from the CLI.
     let config = zps_postgres::PostgresConfig {

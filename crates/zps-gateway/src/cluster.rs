@@ -4,6 +4,12 @@
 //! node can answer "how many subscribers does this room have" for the whole
 //! cluster: Redis, PostgreSQL, MongoDB and hybrid share it, the memory
 //! provider sees its own process. Clients cannot use the reserved scope.
+//!
+//! Operator disconnects reach every node the same way: the node that takes
+//! `POST /subscribers/{id}/disconnect` kicks (and bans) locally and sends a
+//! [`KickOrder`] as an ephemeral event of `zps-cluster:kicks`; every other node
+//! follows it. Ephemeral events cross nodes on Redis, PostgreSQL and hybrid;
+//! on MongoDB and the memory provider the order stays on its node.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -20,6 +26,93 @@ pub(crate) const RESERVED_SCOPE: &str = "zps-cluster";
 /// The room whose members are the gateway nodes.
 pub(crate) fn nodes_room() -> Room {
     Room::parse("zps-cluster:nodes").expect("a constant, valid room name")
+}
+
+/// The room on which nodes pass operator disconnects to each other.
+pub(crate) fn kicks_room() -> Room {
+    Room::parse("zps-cluster:kicks").expect("a constant, valid room name")
+}
+
+/// An operator's disconnect of a subscriber, for every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KickOrder {
+    /// Whose connections close.
+    pub(crate) subscriber: String,
+    /// Told to the client before the close.
+    pub(crate) reason: String,
+    /// Refuse the subscriber's reconnections for this long.
+    pub(crate) ban_seconds: Option<u64>,
+}
+
+impl KickOrder {
+    /// Carries the order out on this node; how many connections closed.
+    fn apply(&self, gw: &Shared) -> usize {
+        if let Some(secs) = self.ban_seconds {
+            gw.ban(&self.subscriber, Duration::from_secs(secs));
+        }
+        gw.kick(
+            |c| c.subscriber().as_deref() == Some(self.subscriber.as_str()),
+            &self.reason,
+        )
+    }
+}
+
+/// Disconnects (and bans) a subscriber here and tells the other nodes to do
+/// the same; the count is this node's.
+pub(crate) async fn disconnect_everywhere(gw: &Shared, order: KickOrder) -> usize {
+    let closed = order.apply(gw);
+    let sent = match serde_json::value::to_raw_value(&order) {
+        Ok(payload) => gw
+            .engine
+            .publish_ephemeral(zps_core::EphemeralRequest {
+                room: kicks_room(),
+                event_type: "kick".into(),
+                payload,
+                metadata: None,
+                origin: Some(gw.node_id.clone()),
+            })
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, subscriber = %order.subscriber, "could not pass a disconnect to the other nodes");
+    }
+    closed
+}
+
+/// Follows the other nodes' disconnect orders until the gateway is gone.
+pub(crate) fn follow_kicks(gw: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt;
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let weak: Weak<Shared> = Arc::downgrade(gw);
+    let (engine, node) = (gw.engine.clone(), gw.node_id.clone());
+    Some(handle.spawn(async move {
+        let mut orders = match engine
+            .subscribe_ephemeral(&[RoomPattern::Exact(kicks_room())], None)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "operator disconnects stay on this node");
+                return;
+            }
+        };
+        while let Some(event) = orders.next().await {
+            if event.origin.as_deref() == Some(node.as_str()) {
+                continue;
+            }
+            let Some(gw) = weak.upgrade() else { return };
+            match serde_json::from_str::<KickOrder>(event.payload.get()) {
+                Ok(order) => {
+                    let closed = order.apply(&gw);
+                    tracing::info!(subscriber = %order.subscriber, closed, "disconnect from another node");
+                }
+                Err(e) => tracing::warn!(error = %e, "unreadable disconnect order"),
+            }
+        }
+    }))
 }
 
 /// What one node reports.

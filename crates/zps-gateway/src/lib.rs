@@ -169,6 +169,7 @@ impl Gateway {
             .cluster_report_interval
             .clamp(Duration::from_millis(50), shared.engine.config().presence_ttl / 2);
         cluster::start(&shared, every);
+        cluster::follow_kicks(&shared);
         Ok(Self { shared })
     }
 

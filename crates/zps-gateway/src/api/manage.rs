@@ -16,6 +16,7 @@ use super::error::{ApiError, Body, ErrorBody, Path, Query};
 use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
+use crate::cluster::{KickOrder, disconnect_everywhere};
 use crate::shared::Shared;
 use zps_core::middleware::Action;
 
@@ -105,12 +106,13 @@ pub(crate) struct KickIn {
 /// How many connections were closed.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Closed {
-    /// Connections closed on this gateway.
+    /// Connections closed on this gateway (other nodes close theirs too).
     closed: usize,
 }
 
-/// Closes every connection of a subscriber on this gateway (close code 4403),
-/// optionally refusing its reconnections for a while.
+/// Closes every connection of a subscriber (close code 4403), on every gateway
+/// of the cluster on Redis, PostgreSQL and hybrid, optionally refusing its
+/// reconnections for a while; `closed` counts this gateway's.
 #[utoipa::path(
     post,
     path = "/subscribers/{id}/disconnect",
@@ -128,13 +130,14 @@ pub(crate) async fn disconnect_subscriber(
 ) -> Result<Json<Closed>, ApiError> {
     caller.unlimited_key(Scope::Admin)?;
     caller.check(&gw, Action::Kick, None).await?;
-    if let Some(secs) = body.ban_seconds {
-        gw.ban(&id, Duration::from_secs(secs));
-    }
-    let reason = body
-        .reason
-        .unwrap_or_else(|| "disconnected by an operator".into());
-    let closed = gw.kick(|c| c.subscriber().as_deref() == Some(id.as_str()), &reason);
+    let order = KickOrder {
+        subscriber: id,
+        reason: body
+            .reason
+            .unwrap_or_else(|| "disconnected by an operator".into()),
+        ban_seconds: body.ban_seconds,
+    };
+    let closed = disconnect_everywhere(&gw, order).await;
     Ok(Json(Closed { closed }))
 }
 
