@@ -34,6 +34,12 @@ use crate::rows::{corrupt, event_from_row, metadata_from, metadata_text, payload
 use crate::sql::Queries;
 use crate::stats::StatsBootstrap;
 
+mod connect;
+mod dead_letters;
+mod presence;
+
+use connect::{describe, listener_pool, parse_url, pool_options, probe};
+
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Group-commit workers: one statement in flight while the next batch accumulates.
 /// More workers split the queue into smaller batches that then queue on PostgreSQL's
@@ -80,66 +86,6 @@ impl std::ops::Deref for Inner {
     fn deref(&self) -> &Core {
         &self.core
     }
-}
-
-/// `host:port/database` of connect options, for error messages (never the password).
-fn describe(o: &PgConnectOptions) -> String {
-    format!(
-        "{}:{}/{}",
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or(o.get_username())
-    )
-}
-
-fn parse_url(url: &str, config: &PostgresConfig) -> PgResult<PgConnectOptions> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(PostgresError::InvalidUrl(
-            "expected postgres://user[:password]@host[:port]/database".into(),
-        ));
-    }
-    let mut options =
-        PgConnectOptions::from_str(url).map_err(|e| PostgresError::InvalidUrl(e.to_string()))?;
-    if let Some(ca) = &config.ssl_root_cert
-        && !url.contains("sslrootcert=")
-    {
-        options = options.ssl_root_cert(ca);
-    }
-    Ok(options.application_name(&config.application_name))
-}
-
-/// Opens one connection so a failure says why (refused, authentication, unknown
-/// database) instead of surfacing later as a pool timeout.
-async fn probe(options: &PgConnectOptions, timeout: Duration) -> PgResult<()> {
-    let target = describe(options);
-    match tokio::time::timeout(timeout, options.connect()).await {
-        Err(_) => Err(PostgresError::ConnectTimeout {
-            target,
-            timeout_ms: timeout.as_millis(),
-        }),
-        Ok(Err(source)) => Err(PostgresError::Unreachable { target, source }),
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            Ok(())
-        }
-    }
-}
-
-fn pool_options(config: &PostgresConfig) -> PgPoolOptions {
-    PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(config.connect_timeout)
-}
-
-fn listener_pool(options: &PgConnectOptions, config: &PostgresConfig) -> PgPool {
-    let name = format!("{}-listener", config.application_name);
-    PgPoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(config.connect_timeout)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(options.clone().application_name(&name))
 }
 
 /// Opens a pool for `url` after checking the database answers, with the same clear
@@ -476,32 +422,6 @@ impl PostgresTransport {
         })
     }
 
-    async fn dlq_list_inner(&self, room: &Room, after: u64, limit: usize) -> PgResult<Vec<DlqEntry>> {
-        self.check_open()?;
-        let rows = sqlx::query(&self.inner.q.dlq_list)
-            .bind(room.as_str())
-            .bind(to_i64(after))
-            .bind(to_i64(limit as u64))
-            .fetch_all(&self.inner.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                let event: String = row.try_get("event")?;
-                let attempts: i32 = row.try_get("attempts")?;
-                Ok(DlqEntry {
-                    entry_id: to_u64(row.try_get::<i64, _>("entry_id")?),
-                    room: room.clone(),
-                    event: serde_json::from_str::<Envelope>(&event)
-                        .map_err(|e| corrupt("dlq", format!("stored event: {e}")))?,
-                    error: row.try_get("error")?,
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    subscriber_id: row.try_get("subscriber_id")?,
-                    failed_at: Timestamp::from(row.try_get::<chrono::DateTime<chrono::Utc>, _>("failed_at")?),
-                })
-            })
-            .collect()
-    }
-
     async fn close_inner(&self) {
         let inner = &*self.inner;
         if inner.closed.swap(true, Ordering::AcqRel) {
@@ -669,26 +589,7 @@ impl Transport for PostgresTransport {
     }
 
     async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> zps_core::Result<DlqEntry> {
-        self.check_open()?;
-        let entry_id: i64 = sqlx::query_scalar(&self.inner.q.dlq_write)
-            .bind(room.as_str())
-            .bind(entry.event.to_json())
-            .bind(&entry.error)
-            .bind(i32::try_from(entry.attempts).unwrap_or(i32::MAX))
-            .bind(entry.subscriber_id.as_deref())
-            .bind(entry.failed_at.to_datetime())
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(DlqEntry {
-            entry_id: to_u64(entry_id),
-            room: room.clone(),
-            event: entry.event,
-            error: entry.error,
-            attempts: entry.attempts,
-            subscriber_id: entry.subscriber_id,
-            failed_at: entry.failed_at,
-        })
+        self.dlq_write_stored(room, entry).await
     }
 
     async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> zps_core::Result<Vec<DlqEntry>> {
@@ -696,25 +597,11 @@ impl Transport for PostgresTransport {
     }
 
     async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
-        self.check_open()?;
-        let ids: Vec<i64> = entry_ids.iter().map(|&id| to_i64(id)).collect();
-        let done = sqlx::query(&self.inner.q.dlq_remove)
-            .bind(room.as_str())
-            .bind(&ids)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(done.rows_affected())
+        self.dlq_remove_stored(room, entry_ids).await
     }
 
     async fn dlq_len(&self, room: &Room) -> zps_core::Result<u64> {
-        self.check_open()?;
-        let n: i64 = sqlx::query_scalar(&self.inner.q.dlq_len)
-            .bind(room.as_str())
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(to_u64(n))
+        self.dlq_len_stored(room).await
     }
 
     async fn dlq_rooms(
@@ -723,28 +610,7 @@ impl Transport for PostgresTransport {
         after: Option<&Room>,
         limit: usize,
     ) -> zps_core::Result<Vec<DlqRoom>> {
-        self.check_open()?;
-        let rows = sqlx::query(&self.inner.q.dlq_rooms)
-            .bind(prefix)
-            .bind(after.map_or("", Room::as_str))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        rows.iter()
-            .map(|row| {
-                let room: String = row.try_get("room").map_err(PostgresError::from)?;
-                let len: i64 = row.try_get("len").map_err(PostgresError::from)?;
-                let room = Room::parse(&room).map_err(|e| PostgresError::Corrupt {
-                    table: "dlq",
-                    detail: format!("room `{room}`: {e}"),
-                })?;
-                Ok(DlqRoom {
-                    room,
-                    len: to_u64(len),
-                })
-            })
-            .collect()
+        self.dlq_rooms_stored(prefix, after, limit).await
     }
 
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
@@ -779,75 +645,19 @@ impl Transport for PostgresTransport {
         connection: &str,
         ttl: Duration,
     ) -> zps_core::Result<bool> {
-        self.check_open()?;
-        // One user's enters run one at a time, so a connection inheriting the
-        // member's metadata never races one that replaces it.
-        let mut tx = self.inner.pool.begin().await.map_err(PostgresError::from)?;
-        sqlx::query(&self.inner.q.presence_lock)
-            .bind(room.as_str())
-            .bind(&member.user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(PostgresError::from)?;
-        let joined: Option<bool> = sqlx::query_scalar(&self.inner.q.presence_enter)
-            .bind(room.as_str())
-            .bind(&member.user_id)
-            .bind(connection)
-            .bind(metadata_text(member.metadata.as_ref()))
-            .bind(member.last_seen_at.to_datetime())
-            .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(PostgresError::from)?;
-        tx.commit().await.map_err(PostgresError::from)?;
-        Ok(joined.unwrap_or(false))
+        self.presence_enter_stored(room, member, connection, ttl).await
     }
 
     async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> zps_core::Result<bool> {
-        self.check_open()?;
-        let left: Option<bool> = sqlx::query_scalar(&self.inner.q.presence_leave)
-            .bind(room.as_str())
-            .bind(user_id)
-            .bind(connection)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(left.unwrap_or(false))
+        self.presence_leave_stored(room, user_id, connection).await
     }
 
     async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
-        self.check_open()?;
-        let rows = sqlx::query(&self.inner.q.presence_members)
-            .bind(room.as_str())
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        let mut members = rows
-            .iter()
-            .map(|row| {
-                Ok(PresenceMember {
-                    user_id: row.try_get("user_id")?,
-                    metadata: metadata_from("presence", row.try_get("metadata")?)?,
-                    last_seen_at: Timestamp::from(
-                        row.try_get::<chrono::DateTime<chrono::Utc>, _>("last_seen_at")?,
-                    ),
-                })
-            })
-            .collect::<PgResult<Vec<_>>>()?;
-        members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        Ok(members)
+        self.presence_members_stored(room).await
     }
 
     async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
-        self.check_open()?;
-        let rows: Vec<(String, String)> = sqlx::query_as(&self.inner.q.presence_sweep)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(room, user)| Room::parse(&room).ok().map(|r| (r, user)))
-            .collect())
+        self.presence_sweep_stored().await
     }
 
     async fn prune_expired(&self) -> zps_core::Result<u64> {
