@@ -5,9 +5,11 @@
 mod catch_up;
 mod deliver;
 mod dlq;
+mod ephemeral;
 mod handler;
 mod options;
 mod presence;
+mod publish;
 mod subscription;
 
 use std::collections::HashMap;
@@ -36,6 +38,7 @@ use crate::transport::{
 
 pub use catch_up::CatchUpStream;
 pub use dlq::Dlq;
+pub use ephemeral::EphemeralRequest;
 pub use handler::{HandlerError, SubscriptionHandle};
 pub use options::{
     BackoffStrategy, CatchUp, CatchUpOptions, DEFAULT_BATCH_SIZE, DefaultStart, FlowControl, FlowStrategy,
@@ -167,38 +170,6 @@ pub struct Health {
     pub transport: TransportHealth,
     /// Counters.
     pub metrics: MetricsSnapshot,
-}
-
-/// What to fan out as an ephemeral event.
-#[derive(Debug, Clone)]
-pub struct EphemeralRequest {
-    /// Target room.
-    pub room: Room,
-    /// Event type (`typing`, `cursor.moved`, ...).
-    pub event_type: String,
-    /// Payload JSON.
-    pub payload: Payload,
-    /// Optional metadata.
-    pub metadata: Option<Metadata>,
-    /// The sender (connection or subscriber id), so fan-outs can skip it.
-    pub origin: Option<String>,
-}
-
-impl EphemeralRequest {
-    /// An ephemeral event with a serializable payload.
-    pub fn new<T: Serialize + ?Sized>(
-        room: Room,
-        event_type: impl Into<String>,
-        payload: &T,
-    ) -> Result<Self> {
-        Ok(Self {
-            room,
-            event_type: event_type.into(),
-            payload: to_payload(payload)?,
-            metadata: None,
-            origin: None,
-        })
-    }
 }
 
 /// Unregisters a listener when dropped.
@@ -346,27 +317,6 @@ impl Realtime {
         *chain = Arc::from(list);
     }
 
-    /// Stores an event and returns its envelope (for a duplicate id: the original).
-    pub async fn publish(&self, request: PublishRequest) -> Result<Arc<Envelope>> {
-        Ok(self.publish_outcome(request).await?.envelope)
-    }
-
-    /// Like [`Realtime::publish`], also telling whether the id was a duplicate.
-    pub async fn publish_outcome(&self, request: PublishRequest) -> Result<PublishOutcome> {
-        self.inner.check_open()?;
-        let event = NewEvent::from_request(request, self.inner.config.default_ttl, Timestamp::now())?;
-        if self.inner.chain().is_empty() {
-            let outcome = self.inner.transport.publish(event).await;
-            self.count_publish(&outcome, true);
-            outcome
-        } else {
-            // Failures inside the chain are counted by `Inner::run`.
-            let outcome = self.publish_through_middleware(event).await;
-            self.count_publish(&outcome, false);
-            outcome
-        }
-    }
-
     /// Counts a publish's result in the engine metrics.
     fn count_publish(&self, outcome: &Result<PublishOutcome>, count_error: bool) {
         match outcome {
@@ -398,113 +348,6 @@ impl Realtime {
             envelope: ctx.envelope.unwrap_or(outcome.envelope),
             duplicate: outcome.duplicate,
         })
-    }
-
-    /// Publishes several events in the order given, in as few storage round trips
-    /// as the provider allows (one statement on PostgreSQL, one pipeline on Redis),
-    /// so a producer sending many events is not bound by one round trip per event.
-    ///
-    /// Each request gets its own result, in order; events of one room get
-    /// ascending sequences in the order given. With middleware installed every
-    /// event passes through it one at a time. If the provider fails the batch as
-    /// a whole, the events are retried one at a time (their ids are already
-    /// resolved, so an event the batch did store comes back as a duplicate of
-    /// itself, never twice).
-    ///
-    /// ```
-    /// use zps_core::{PublishRequest, Realtime, room};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), zps_core::Error> {
-    /// let realtime = Realtime::memory();
-    /// let chat = room("chat", "1")?;
-    /// let mut requests = Vec::new();
-    /// for i in 0..3 {
-    ///     requests.push(PublishRequest::new(chat.clone(), "message.created", &serde_json::json!({ "i": i }))?);
-    /// }
-    /// let mut sequences = Vec::new();
-    /// for result in realtime.publish_batch(requests).await {
-    ///     sequences.push(result?.envelope.sequence);
-    /// }
-    /// assert_eq!(sequences, [1, 2, 3]);
-    /// # Ok(()) }
-    /// ```
-    pub async fn publish_batch(&self, requests: Vec<PublishRequest>) -> Vec<Result<PublishOutcome>> {
-        if requests.len() <= 1 || !self.inner.chain().is_empty() {
-            let mut out = Vec::with_capacity(requests.len());
-            for request in requests {
-                out.push(self.publish_outcome(request).await);
-            }
-            return out;
-        }
-        let mut results: Vec<Option<Result<PublishOutcome>>> = Vec::with_capacity(requests.len());
-        if self.inner.check_open().is_err() {
-            return requests.iter().map(|_| Err(Error::Closed)).collect();
-        }
-        let now = Timestamp::now();
-        let (mut events, mut slots) = (Vec::with_capacity(requests.len()), Vec::new());
-        for (i, request) in requests.into_iter().enumerate() {
-            match NewEvent::from_request(request, self.inner.config.default_ttl, now) {
-                Ok(event) => {
-                    events.push(event);
-                    slots.push(i);
-                    results.push(None);
-                }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
-        if !self.inner.transport.batches_publishes() {
-            // Event by event: nothing to copy for a retry, each result its own.
-            for (&i, event) in slots.iter().zip(events) {
-                let outcome = self.inner.transport.publish(event).await;
-                self.count_publish(&outcome, true);
-                results[i] = Some(outcome);
-            }
-            return results
-                .into_iter()
-                .map(|r| r.unwrap_or(Err(Error::Closed)))
-                .collect();
-        }
-        let retry = events.clone();
-        let stored = match events.len() {
-            0 => Ok(Vec::new()),
-            _ => self.inner.transport.publish_batch(events).await,
-        };
-        match stored {
-            Ok(outcomes) if outcomes.len() == slots.len() => {
-                for (&i, outcome) in slots.iter().zip(outcomes) {
-                    let outcome = Ok(outcome);
-                    self.count_publish(&outcome, true);
-                    results[i] = Some(outcome);
-                }
-            }
-            other => {
-                if let Err(e) = other {
-                    tracing::debug!(error = %e, events = slots.len(), "batch publish failed; publishing one by one");
-                }
-                for (&i, event) in slots.iter().zip(retry) {
-                    let outcome = self.inner.transport.publish(event).await;
-                    self.count_publish(&outcome, true);
-                    results[i] = Some(outcome);
-                }
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
-            .collect()
-    }
-
-    /// Publishes the same event to several rooms (one envelope per room).
-    pub async fn publish_many(&self, rooms: &[Room], template: PublishRequest) -> Result<Vec<Arc<Envelope>>> {
-        let mut out = Vec::with_capacity(rooms.len());
-        for room in rooms {
-            let mut req = template.clone();
-            req.room = room.clone();
-            // An idempotency key names one event; derive one per room.
-            req.id = template.id.as_ref().map(|id| format!("{id}:{room}"));
-            out.push(self.publish(req).await?);
-        }
-        Ok(out)
     }
 
     /// Reads one page of history (`sequence > from`, `<= to`, type filter, limit ≤ 10 000).
@@ -691,69 +534,6 @@ impl Realtime {
     /// Presence of `room`.
     pub fn presence(&self, room: Room) -> Presence {
         Presence::new(self.clone(), room)
-    }
-
-    /// Fans out an event that is not stored, numbered or replayed.
-    pub async fn publish_ephemeral(&self, request: EphemeralRequest) -> Result<()> {
-        self.inner.check_open()?;
-        crate::envelope::validate_token("event type", &request.event_type)?;
-        let event = Arc::new(EphemeralEvent {
-            event_type: request.event_type,
-            room: request.room,
-            payload: request.payload,
-            emitted_at: Timestamp::now(),
-            metadata: request.metadata,
-            origin: request.origin,
-        });
-        let transport = self.inner.transport.clone();
-        let mut ctx = Context::new(Action::EphemeralPublish).with_room(event.room.clone());
-        ctx.ephemeral = Some(event);
-        self.inner
-            .run(ctx, move |ctx| async move {
-                let Some(event) = ctx.ephemeral.clone() else {
-                    return Err(Error::Rejected("middleware removed the event".into()));
-                };
-                transport.publish_ephemeral(event).await?;
-                Ok(ctx)
-            })
-            .await?;
-        self.inner.metrics.ephemeral_published();
-        Ok(())
-    }
-
-    /// Live ephemeral events of these rooms/patterns, optionally filtered by type.
-    pub async fn subscribe_ephemeral(
-        &self,
-        patterns: &[RoomPattern],
-        event_types: Option<Vec<String>>,
-    ) -> Result<BoxStream<'static, Arc<EphemeralEvent>>> {
-        self.inner.check_open()?;
-        let stream = self.inner.transport.subscribe_ephemeral(patterns).await?;
-        let inner = self.inner.clone();
-        let has_middleware = !inner.chain().is_empty();
-        Ok(stream
-            .filter(move |e| {
-                let keep = event_types
-                    .as_ref()
-                    .is_none_or(|t| t.iter().any(|t| *t == e.event_type));
-                std::future::ready(keep)
-            })
-            .filter_map(move |e| {
-                let inner = inner.clone();
-                async move {
-                    if !has_middleware {
-                        return Some(e);
-                    }
-                    let mut ctx = Context::new(Action::EphemeralDeliver).with_room(e.room.clone());
-                    ctx.ephemeral = Some(e);
-                    inner
-                        .run(ctx, |ctx| async move { Ok(ctx) })
-                        .await
-                        .ok()
-                        .and_then(|ctx| ctx.ephemeral)
-                }
-            })
-            .boxed())
     }
 
     /// Registers a listener of `pattern` for counts and `active_rooms` (the gateway does

@@ -28,7 +28,12 @@ use super::options::{CatchUp, DefaultStart, SubscribeOptions, clamp_batch};
 
 /// Out-of-order events buffered per room before the engine falls back to history.
 pub(crate) const MAX_PENDING_PER_ROOM: usize = 10_000;
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// History reads that fail are retried after these delays (the doubling ceiling).
+const READ_RETRY: crate::Backoff = crate::Backoff {
+    base: Duration::from_millis(50),
+    cap: Duration::from_secs(5),
+    max_attempts: None,
+};
 
 /// Why a room's history is not continuous with the caller's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -153,7 +158,8 @@ pub(crate) struct Driver {
     ready: VecDeque<Ready>,
     catchup: VecDeque<Room>,
     gap_rooms: HashSet<Room>,
-    retry_backoff: Duration,
+    /// History reads failed in a row.
+    read_failures: u32,
 }
 
 impl Driver {
@@ -188,7 +194,7 @@ impl Driver {
             ready: VecDeque::new(),
             catchup: VecDeque::new(),
             gap_rooms: HashSet::new(),
-            retry_backoff: Duration::from_millis(50),
+            read_failures: 0,
         };
         let mut starts = Vec::new();
         for room in opts.rooms.iter().filter_map(RoomPattern::as_room) {
@@ -272,7 +278,7 @@ impl Driver {
                 match self.catch_up_page(&room).await {
                     Ok(true) => {
                         self.catchup.pop_front();
-                        self.retry_backoff = Duration::from_millis(50);
+                        self.read_failures = 0;
                     }
                     Ok(false) => {}
                     Err(Error::Closed) => {
@@ -281,8 +287,8 @@ impl Driver {
                     Err(e) => {
                         self.metrics.error();
                         tracing::warn!(room = %room, error = %e, "history read failed; retrying");
-                        tokio::time::sleep(self.retry_backoff).await;
-                        self.retry_backoff = (self.retry_backoff * 2).min(MAX_RETRY_BACKOFF);
+                        tokio::time::sleep(READ_RETRY.ceiling(self.read_failures)).await;
+                        self.read_failures = self.read_failures.saturating_add(1);
                     }
                 }
                 continue;
