@@ -40,6 +40,7 @@ use zps_core::{Envelope, Realtime, Room, Subscription, SubscriptionItem, Transpo
 pub mod cases;
 pub mod fault;
 pub mod presence;
+pub mod storage;
 
 /// How long any single wait in the suite may take before the case fails.
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -1,4 +1,5 @@
-//! Presence cases: who is in a room, and whose metadata it shows.
+//! Presence cases: who is in a room, and whose metadata it shows; and
+//! ephemeral events, the other live-only feature.
 //!
 //! The rule every provider honours: metadata belongs to the member (the user),
 //! `enter` with `Some` sets it (the latest wins), `enter` with `None` (a
@@ -11,9 +12,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use zps_core::{Metadata, PresenceMember};
+use zps_core::{Metadata, PresenceMember, ReplayQuery};
 
-use crate::{Fixture, engine, unique_room};
+use crate::{Fixture, engine, take_stream, unique_room};
 
 fn meta(name: &str) -> Option<Metadata> {
     json!({ "name": name }).as_object().cloned()
@@ -120,5 +121,76 @@ pub async fn presence_latest_metadata_wins_across_connections(f: Arc<dyn Fixture
     );
     assert!(presence.leave("u1", "b").await.unwrap());
     assert!(presence.members().await.unwrap().is_empty());
+    rt.close().await.unwrap();
+}
+
+/// Ephemeral events reach live subscribers (filtered by type) and are never stored.
+pub async fn ephemeral_events_fan_out_and_are_not_stored(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let mut all = rt
+        .subscribe_ephemeral(&[chat.clone().into()], None)
+        .await
+        .unwrap();
+    let mut typing = rt
+        .subscribe_ephemeral(&[chat.clone().into()], Some(vec!["typing".into()]))
+        .await
+        .unwrap();
+    let mut req = zps_core::EphemeralRequest::new(chat.clone(), "cursor", &json!({"x": 1})).unwrap();
+    req.origin = Some("conn-1".into());
+    rt.publish_ephemeral(req).await.unwrap();
+    rt.publish_ephemeral(
+        zps_core::EphemeralRequest::new(chat.clone(), "typing", &json!({"u": "a"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let got = take_stream(&mut all, 2).await;
+    assert_eq!(got[0].event_type, "cursor");
+    assert_eq!(got[0].origin.as_deref(), Some("conn-1"));
+    assert_eq!(got[1].payload.get(), r#"{"u":"a"}"#);
+    let got = take_stream(&mut typing, 1).await;
+    assert_eq!(got[0].event_type, "typing");
+    let page = rt.replay(ReplayQuery::new(chat.clone(), 0)).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(rt.room_info(&chat).await.unwrap().last_sequence, 0);
+    assert_eq!(rt.metrics().ephemeral_published, 2);
+    rt.close().await.unwrap();
+}
+
+/// One member per user; leaves when the last connection goes; joins/leaves announced.
+pub async fn presence_tracks_users_across_connections(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    let chat = unique_room("chat");
+    let presence = rt.presence(chat.clone());
+    let mut changes = presence.changes().await.unwrap();
+    let meta = json!({"name": "Ana"}).as_object().cloned();
+    assert!(presence.enter("u1", meta.clone(), "c1").await.unwrap());
+    assert!(
+        !presence.enter("u1", meta.clone(), "c2").await.unwrap(),
+        "second connection is no new member"
+    );
+    assert!(presence.enter("u2", None, "c3").await.unwrap());
+    let members = presence.members().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        vec!["u1", "u2"]
+    );
+    assert_eq!(members[0].metadata, meta);
+    assert!(!presence.leave("u1", "c1").await.unwrap());
+    assert_eq!(presence.members().await.unwrap().len(), 2);
+    assert!(presence.leave("u1", "c2").await.unwrap());
+    assert!(
+        !presence.leave("u1", "c2").await.unwrap(),
+        "leaving twice is a no-op"
+    );
+    let members = presence.members().await.unwrap();
+    assert_eq!(
+        members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        vec!["u2"]
+    );
+    let got = take_stream(&mut changes, 3).await;
+    assert!(matches!(&got[0], zps_core::PresenceChange::Joined { member } if member.user_id == "u1"));
+    assert!(matches!(&got[1], zps_core::PresenceChange::Joined { member } if member.user_id == "u2"));
+    assert!(matches!(&got[2], zps_core::PresenceChange::Left { user_id } if user_id == "u1"));
     rt.close().await.unwrap();
 }
