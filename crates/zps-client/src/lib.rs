@@ -50,7 +50,6 @@
 //!
 //! See `docs/client.md` for options, guarantees and close-code behaviour.
 
-mod backoff;
 mod client;
 mod driver;
 mod error;
@@ -63,7 +62,6 @@ mod shared;
 mod subscription;
 mod types;
 
-pub use backoff::Backoff;
 pub use client::{Client, Presence, Synced};
 pub use error::{ClientError, Result};
 pub use options::{AckMode, ClientOptions, Encoding, StartAt, SubscribeOptions, Targets, TokenProvider};
@@ -71,6 +69,7 @@ pub use subscription::{EphemeralSubscription, PresenceSubscription, Subscription
 pub use types::{
     ClientEvent, ConnectionState, EphemeralMessage, OutgoingEvent, PresenceEvent, Published, RoomPosition,
 };
+pub use zps_core::Backoff;
 pub use zps_core::{DiscontinuityReason, Envelope, Metadata, PresenceMember, Snapshot};
 pub use zps_protocol::{CloseCode, ErrorCode};
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::backoff::Backoff;
 use crate::error::ClientError;
+use zps_core::Backoff;
 
 /// Supplies a fresh token on every (re)connect and when the server warns that the
 /// current one expires; an error counts as a failed connection attempt.

@@ -1,5 +1,7 @@
-//! Reconnect delays: exponential backoff with FULL jitter, so a thousand
-//! clients cut off by the same gateway restart do not come back in lockstep.
+//! Reconnect delays, one implementation for every reconnecting part: the
+//! client's sockets and HTTP retries (full jitter, so a thousand clients cut
+//! off by the same gateway restart do not come back in lockstep) and the
+//! providers' listener connections (the doubling ceiling).
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use rand::Rng;
 /// ```
 /// use std::time::Duration;
 /// use rand::SeedableRng;
-/// use zps_client::Backoff;
+/// use zps_core::Backoff;
 ///
 /// let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2), max_attempts: None };
 /// assert_eq!(b.ceiling(3), Duration::from_millis(800));

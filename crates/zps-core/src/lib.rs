@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backoff;
 pub mod engine;
 pub mod envelope;
 pub mod error;
@@ -42,6 +43,7 @@ pub mod sequence;
 pub mod time;
 pub mod transport;
 
+pub use backoff::Backoff;
 pub use engine::{
     BackoffStrategy, CatchUp, CatchUpOptions, CatchUpStream, DefaultStart, Discontinuity,
     DiscontinuityReason, Dlq, EngineConfig, EphemeralRequest, FlowControl, FlowStrategy, HandlerError,

@@ -17,6 +17,7 @@ use mongodb::error::ErrorKind;
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
+use zps_core::Backoff;
 use zps_core::fanout::{FanoutItem, LocalFanout};
 use zps_core::transport::{EphemeralStream, LiveStream};
 use zps_core::{Envelope, EphemeralEvent, LiveSignal, Room, RoomPattern, Timestamp};
@@ -213,7 +214,12 @@ async fn reopen(
     mut token: Option<ResumeToken>,
 ) -> (ChangeStream<ChangeStreamEvent<Document>>, bool) {
     let mut lost = token.is_none();
-    let mut backoff = Duration::from_millis(100);
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(5),
+        max_attempts: None,
+    };
+    let mut failures = 0u32;
     loop {
         match open_change_stream(events, token.clone()).await {
             Ok(s) => return (s, lost),
@@ -223,9 +229,10 @@ async fn reopen(
                 lost = true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_ms = backoff.as_millis() as u64, "cannot re-open the MongoDB change stream");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.ceiling(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64, "cannot re-open the MongoDB change stream");
+                tokio::time::sleep(wait).await;
             }
         }
     }

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{broadcast, mpsc, watch};
+use zps_core::Backoff;
 use zps_core::fanout::LocalFanout;
 use zps_core::{Envelope, EphemeralEvent, LiveSignal, Room, RoomPattern};
 
@@ -98,7 +99,12 @@ pub(crate) async fn run_reader(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut listener = Some(initial);
-    let mut backoff = MIN_BACKOFF;
+    let backoff = Backoff {
+        base: MIN_BACKOFF,
+        cap: MAX_BACKOFF,
+        max_attempts: None,
+    };
+    let mut failures = 0u32;
     let mut overflowed = false;
     loop {
         let Some(active) = listener.as_mut() else {
@@ -107,7 +113,7 @@ pub(crate) async fn run_reader(
                 opened = spec.open() => match opened {
                     Ok((l, pid)) => {
                         listener = Some(l);
-                        backoff = MIN_BACKOFF;
+                        failures = 0;
                         shared.backend_pid.store(pid, Ordering::Release);
                         shared.connected.store(true, Ordering::Release);
                         shared.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -121,13 +127,14 @@ pub(crate) async fn run_reader(
                         break;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        let wait = backoff.ceiling(failures);
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                             "cannot re-open the PostgreSQL LISTEN connection");
                         tokio::select! {
                             _ = shutdown.changed() => break,
-                            () = tokio::time::sleep(backoff) => {}
+                            () = tokio::time::sleep(wait) => {}
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 },
             }
