@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -112,6 +113,26 @@ impl Transport for FaultyTransport {
         }
         c
     }
+
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         self.inner.publish(event).await
     }
@@ -161,52 +182,90 @@ impl Transport for FaultyTransport {
     async fn cursor(&self, room: &Room, s: &str) -> Result<Option<u64>> {
         self.inner.cursor(room, s).await
     }
-    async fn put_snapshot(&self, s: Snapshot) -> Result<()> {
-        self.inner.put_snapshot(s).await
-    }
-    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
-        self.inner.get_snapshot(room).await
-    }
-    async fn dlq_write(&self, room: &Room, e: NewDlqEntry) -> Result<DlqEntry> {
-        self.inner.dlq_write(room, e).await
-    }
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        self.inner.dlq_list(room, after, limit).await
-    }
-    async fn dlq_remove(&self, room: &Room, ids: &[u64]) -> Result<u64> {
-        self.inner.dlq_remove(room, ids).await
-    }
-    async fn dlq_len(&self, room: &Room) -> Result<u64> {
-        self.inner.dlq_len(room).await
-    }
-    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
-        self.inner.dlq_rooms(prefix, after, limit).await
-    }
-    async fn publish_ephemeral(&self, e: Arc<EphemeralEvent>) -> Result<()> {
-        self.inner.publish_ephemeral(e).await
-    }
-    async fn subscribe_ephemeral(&self, p: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.inner.subscribe_ephemeral(p).await
-    }
-    async fn presence_enter(&self, r: &Room, m: PresenceMember, c: &str, ttl: Duration) -> Result<bool> {
-        self.inner.presence_enter(r, m, c, ttl).await
-    }
-    async fn presence_leave(&self, r: &Room, u: &str, c: &str) -> Result<bool> {
-        self.inner.presence_leave(r, u, c).await
-    }
-    async fn presence_members(&self, r: &Room) -> Result<Vec<PresenceMember>> {
-        self.inner.presence_members(r).await
-    }
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.inner.presence_sweep().await
-    }
-    async fn prune_expired(&self) -> Result<u64> {
-        self.inner.prune_expired().await
-    }
     async fn health(&self) -> TransportHealth {
         self.inner.health().await
     }
     async fn close(&self) -> Result<()> {
         self.inner.close().await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for FaultyTransport {
+    async fn put_snapshot(&self, s: Snapshot) -> Result<()> {
+        self.inner.require_snapshots()?.put_snapshot(s).await
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
+        self.inner.require_snapshots()?.get_snapshot(room).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for FaultyTransport {
+    async fn dlq_write(&self, room: &Room, e: NewDlqEntry) -> Result<DlqEntry> {
+        self.inner.require_dead_letters()?.dlq_write(room, e).await
+    }
+
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
+        self.inner
+            .require_dead_letters()?
+            .dlq_list(room, after, limit)
+            .await
+    }
+
+    async fn dlq_remove(&self, room: &Room, ids: &[u64]) -> Result<u64> {
+        self.inner.require_dead_letters()?.dlq_remove(room, ids).await
+    }
+
+    async fn dlq_len(&self, room: &Room) -> Result<u64> {
+        self.inner.require_dead_letters()?.dlq_len(room).await
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.inner
+            .require_dead_letters()?
+            .dlq_rooms(prefix, after, limit)
+            .await
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for FaultyTransport {
+    async fn publish_ephemeral(&self, e: Arc<EphemeralEvent>) -> Result<()> {
+        self.inner.require_ephemeral()?.publish_ephemeral(e).await
+    }
+
+    async fn subscribe_ephemeral(&self, p: &[RoomPattern]) -> Result<EphemeralStream> {
+        self.inner.require_ephemeral()?.subscribe_ephemeral(p).await
+    }
+}
+
+#[async_trait]
+impl PresenceStore for FaultyTransport {
+    async fn presence_enter(&self, r: &Room, m: PresenceMember, c: &str, ttl: Duration) -> Result<bool> {
+        self.inner.require_presence()?.presence_enter(r, m, c, ttl).await
+    }
+
+    async fn presence_leave(&self, r: &Room, u: &str, c: &str) -> Result<bool> {
+        self.inner.require_presence()?.presence_leave(r, u, c).await
+    }
+
+    async fn presence_members(&self, r: &Room) -> Result<Vec<PresenceMember>> {
+        self.inner.require_presence()?.presence_members(r).await
+    }
+
+    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
+        self.inner.require_presence()?.presence_sweep().await
+    }
+}
+
+#[async_trait]
+impl Retention for FaultyTransport {
+    async fn prune_expired(&self) -> Result<u64> {
+        match self.inner.retention() {
+            Some(r) => r.prune_expired().await,
+            None => Ok(0),
+        }
     }
 }

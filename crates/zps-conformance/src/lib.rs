@@ -92,6 +92,22 @@ pub fn skip_or_fail(test: &str, reason: &str) {
     eprintln!("{test}: skipped: {reason}");
 }
 
+/// Whether the provider offers a capability its case needs. When it does not,
+/// the case still checks something: the engine refuses `attempt` as
+/// unsupported (never a silent success); the caller then returns.
+pub async fn offered<T: std::fmt::Debug>(
+    offered: bool,
+    attempt: impl std::future::Future<Output = zps_core::Result<T>>,
+) -> bool {
+    if offered {
+        return true;
+    }
+    match attempt.await {
+        Err(zps_core::Error::Unsupported { .. }) => false,
+        other => panic!("a capability the provider does not offer must be refused as unsupported: {other:?}"),
+    }
+}
+
 /// An engine over a new connection of the fixture.
 pub async fn engine(fixture: &dyn Fixture) -> Realtime {
     Realtime::new(fixture.connect().await)

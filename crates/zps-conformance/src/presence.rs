@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::json;
 use zps_core::{Metadata, PresenceMember, ReplayQuery};
 
-use crate::{Fixture, engine, take_stream, unique_room};
+use crate::{Fixture, engine, offered, take_stream, unique_room};
 
 fn meta(name: &str) -> Option<Metadata> {
     json!({ "name": name }).as_object().cloned()
@@ -33,6 +33,14 @@ fn shown(members: &[PresenceMember]) -> Vec<(&str, Option<&Metadata>)> {
 /// last leaving removes the member, and a later enter starts without it.
 pub async fn presence_metadata_survives_heartbeats_and_extra_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().presence().is_some(),
+        rt.presence(unique_room("chat")).members(),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let presence = rt.presence(chat.clone());
     let ana = meta("Ana");
@@ -90,6 +98,14 @@ pub async fn presence_metadata_survives_heartbeats_and_extra_connections(f: Arc<
 /// all its connections: heartbeats of the others and their leaving keep the newest.
 pub async fn presence_latest_metadata_wins_across_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().presence().is_some(),
+        rt.presence(unique_room("chat")).members(),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let presence = rt.presence(chat.clone());
     let (first, second, third) = (meta("Ana"), meta("Ana B."), meta("Ana C."));
@@ -127,6 +143,14 @@ pub async fn presence_latest_metadata_wins_across_connections(f: Arc<dyn Fixture
 /// Ephemeral events reach live subscribers (filtered by type) and are never stored.
 pub async fn ephemeral_events_fan_out_and_are_not_stored(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(rt.transport().ephemeral().is_some(), async {
+        let typing = zps_core::EphemeralRequest::new(unique_room("chat"), "typing", &json!({}))?;
+        rt.publish_ephemeral(typing).await
+    })
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let mut all = rt
         .subscribe_ephemeral(&[chat.clone().into()], None)
@@ -160,6 +184,14 @@ pub async fn ephemeral_events_fan_out_and_are_not_stored(f: Arc<dyn Fixture>) {
 /// One member per user; leaves when the last connection goes; joins/leaves announced.
 pub async fn presence_tracks_users_across_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().presence().is_some(),
+        rt.presence(unique_room("chat")).members(),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let presence = rt.presence(chat.clone());
     let mut changes = presence.changes().await.unwrap();

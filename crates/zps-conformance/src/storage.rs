@@ -14,7 +14,7 @@ use serde_json::json;
 use zps_core::{Error, NewDlqEntry, ReplayQuery, RetryPolicy, Room, SubscribeOptions, Timestamp};
 
 use crate::cases::req;
-use crate::{Fixture, WAIT, engine, next_event, take_stream, unique_room, unique_scope};
+use crate::{Fixture, WAIT, engine, next_event, offered, take_stream, unique_room, unique_scope};
 
 /// Cursors only move forward and are per (room, subscriber).
 pub async fn ack_never_moves_backwards(f: Arc<dyn Fixture>) {
@@ -37,6 +37,14 @@ pub async fn ack_never_moves_backwards(f: Arc<dyn Fixture>) {
 /// Snapshots: none, stored, replaced.
 pub async fn snapshots_store_and_replace(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().snapshots().is_some(),
+        rt.get_snapshot(&unique_room("chat")),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     assert!(rt.get_snapshot(&chat).await.unwrap().is_none());
     rt.snapshot(&chat, 100, &json!({"messages": ["a", "b"], "n": 2}))
@@ -58,6 +66,14 @@ pub async fn snapshots_store_and_replace(f: Arc<dyn Fixture>) {
 /// Dead letters: write, list in order, page, count, remove.
 pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().dead_letters().is_some(),
+        rt.dlq(unique_room("chat")).len(),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let dlq = rt.dlq(chat.clone());
     assert_eq!(dlq.len().await.unwrap(), 0);
@@ -103,6 +119,9 @@ pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
 /// name order, paged, with their sizes; a queue emptied leaves the index.
 pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(rt.transport().dead_letters().is_some(), rt.dlq_rooms("", None, 1)).await {
+        return;
+    }
     let scope = unique_scope("dlqidx");
     let room = |name: &str| Room::new(&scope, name).unwrap_or_else(|e| panic!("room: {e}"));
     let (a, b, c) = (room("a"), room("b"), room("c"));
@@ -163,6 +182,14 @@ pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fix
 /// moves the cursor past both.
 pub async fn failing_handler_retries_then_dead_letters(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
+    if !offered(
+        rt.transport().dead_letters().is_some(),
+        rt.dlq(unique_room("chat")).len(),
+    )
+    .await
+    {
+        return;
+    }
     let chat = unique_room("chat");
     let calls = Arc::new(AtomicU32::new(0));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();

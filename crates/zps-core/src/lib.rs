@@ -62,8 +62,8 @@ pub use metrics::MetricsSnapshot;
 pub use room::{Room, RoomError, RoomPattern, room};
 pub use time::Timestamp;
 pub use transport::{
-    Capabilities, DlqRoom, HealthStatus, LiveSignal, LiveTap, PublishOutcome, ReplayPage, ReplayQuery,
-    RoomInfo, Transport, TransportHealth,
+    Capabilities, DeadLetterStore, DlqRoom, EphemeralBus, HealthStatus, LiveSignal, LiveTap, PresenceStore,
+    PublishOutcome, ReplayPage, ReplayQuery, Retention, RoomInfo, SnapshotStore, Transport, TransportHealth,
 };
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

@@ -6,6 +6,7 @@
 //! is why every room reports the process's random epoch, so a client resuming
 //! against a restarted server is told its position is gone.
 
+use crate::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 use std::collections::{HashMap, VecDeque};
 
 use crate::fast_hash::FastMap;
@@ -224,6 +225,26 @@ impl Transport for MemoryTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         self.check_open()?;
         let log = self.log(&event.room);
@@ -348,6 +369,34 @@ impl Transport for MemoryTransport {
             .and_then(|log| log.lock().extras.as_ref()?.cursors.get(subscriber_id).copied()))
     }
 
+    async fn health(&self) -> TransportHealth {
+        let mut h = TransportHealth::healthy("memory");
+        if self.inner.closed.load(Ordering::Acquire) {
+            h.fail("closed");
+        }
+        h.details.insert(
+            "rooms".into(),
+            self.inner
+                .rooms
+                .iter()
+                .map(|s| s.read().len())
+                .sum::<usize>()
+                .into(),
+        );
+        h.details.insert("epoch".into(), self.inner.epoch.clone().into());
+        h
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.live.close();
+        self.inner.ephemeral.close();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MemoryTransport {
     async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         self.check_open()?;
         let log = self.log(&snapshot.room);
@@ -361,7 +410,10 @@ impl Transport for MemoryTransport {
             .existing_log(room)
             .and_then(|log| log.lock().extras.as_ref()?.snapshot.clone()))
     }
+}
 
+#[async_trait]
+impl DeadLetterStore for MemoryTransport {
     async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
         self.check_open()?;
         let log = self.log(room);
@@ -447,7 +499,10 @@ impl Transport for MemoryTransport {
         rooms.truncate(limit);
         Ok(rooms)
     }
+}
 
+#[async_trait]
+impl EphemeralBus for MemoryTransport {
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
         self.check_open()?;
         let room = event.room.clone();
@@ -459,7 +514,10 @@ impl Transport for MemoryTransport {
         self.check_open()?;
         Ok(self.inner.ephemeral.subscribe_lossy(patterns))
     }
+}
 
+#[async_trait]
+impl PresenceStore for MemoryTransport {
     async fn presence_enter(
         &self,
         room: &Room,
@@ -548,7 +606,10 @@ impl Transport for MemoryTransport {
         presence.retain(|_, m| !m.is_empty());
         Ok(left)
     }
+}
 
+#[async_trait]
+impl Retention for MemoryTransport {
     async fn prune_expired(&self) -> Result<u64> {
         self.check_open()?;
         let now = Timestamp::now();
@@ -572,30 +633,5 @@ impl Transport for MemoryTransport {
             removed += (before - log.events.len()) as u64;
         }
         Ok(removed)
-    }
-
-    async fn health(&self) -> TransportHealth {
-        let mut h = TransportHealth::healthy("memory");
-        if self.inner.closed.load(Ordering::Acquire) {
-            h.fail("closed");
-        }
-        h.details.insert(
-            "rooms".into(),
-            self.inner
-                .rooms
-                .iter()
-                .map(|s| s.read().len())
-                .sum::<usize>()
-                .into(),
-        );
-        h.details.insert("epoch".into(), self.inner.epoch.clone().into());
-        h
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.live.close();
-        self.inner.ephemeral.close();
-        Ok(())
     }
 }

@@ -278,12 +278,86 @@ pub trait Transport: Send + Sync + 'static {
     /// The subscriber's cursor, if it ever acked.
     async fn cursor(&self, room: &Room, subscriber_id: &str) -> Result<Option<u64>>;
 
+    /// Snapshots of folded room state, when offered.
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        None
+    }
+
+    /// Dead-letter queues, when offered.
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        None
+    }
+
+    /// Ephemeral (never stored) fan-out, when offered.
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        None
+    }
+
+    /// Presence of connections in rooms, when offered.
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        None
+    }
+
+    /// Deleting expired events on demand, when offered (providers whose store
+    /// expires events itself need not).
+    fn retention(&self) -> Option<&dyn Retention> {
+        None
+    }
+
+    /// Reachability and details.
+    async fn health(&self) -> TransportHealth;
+
+    /// Releases owned resources; live streams end.
+    async fn close(&self) -> Result<()>;
+}
+
+impl dyn Transport {
+    /// The snapshot store, or `Unsupported` naming the provider.
+    pub fn require_snapshots(&self) -> Result<&dyn SnapshotStore> {
+        self.snapshots()
+            .ok_or_else(|| unsupported(self.name(), "snapshots"))
+    }
+
+    /// The dead-letter queues, or `Unsupported`.
+    pub fn require_dead_letters(&self) -> Result<&dyn DeadLetterStore> {
+        self.dead_letters()
+            .ok_or_else(|| unsupported(self.name(), "dead-letter queues"))
+    }
+
+    /// The ephemeral fan-out, or `Unsupported`.
+    pub fn require_ephemeral(&self) -> Result<&dyn EphemeralBus> {
+        self.ephemeral()
+            .ok_or_else(|| unsupported(self.name(), "ephemeral events"))
+    }
+
+    /// The presence store, or `Unsupported`.
+    pub fn require_presence(&self) -> Result<&dyn PresenceStore> {
+        self.presence()
+            .ok_or_else(|| unsupported(self.name(), "presence"))
+    }
+}
+
+fn unsupported(provider: &'static str, what: &str) -> crate::error::Error {
+    crate::error::Error::Unsupported {
+        provider,
+        what: what.into(),
+    }
+}
+
+/// A provider's snapshots: one folded state per room, replaced on write.
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
     /// Stores (replaces) the room's snapshot.
     async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()>;
 
     /// The room's latest snapshot.
     async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>>;
+}
 
+/// A provider's dead-letter queues: failed events parked per room for inspection
+/// and repair, with an index of the rooms that hold some.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
     /// Parks a failed event in the room's dead-letter queue.
     async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry>;
 
@@ -300,13 +374,21 @@ pub trait Transport: Send + Sync + 'static {
     /// order after `after`, at most `limit`: where an operator finds them
     /// without knowing the rooms (the store's view, so cluster-wide).
     async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>>;
+}
 
+/// A provider's ephemeral fan-out: events delivered live and never stored.
+#[async_trait]
+pub trait EphemeralBus: Send + Sync {
     /// Fans out an ephemeral event (not stored).
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()>;
 
     /// Opens a live stream of ephemeral events.
     async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream>;
+}
 
+/// A provider's presence: which users are in a room, over their connections.
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
     /// Records that `connection` of `member.user_id` is present for `ttl`; returns
     /// true when the user was not present before (a join to announce).
     ///
@@ -333,13 +415,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Drops connections whose TTL lapsed; returns `(room, user_id)` of users that left.
     async fn presence_sweep(&self) -> Result<Vec<(Room, String)>>;
+}
 
+/// Deleting expired events on demand.
+#[async_trait]
+pub trait Retention: Send + Sync {
     /// Deletes expired events; returns how many were removed.
     async fn prune_expired(&self) -> Result<u64>;
-
-    /// Reachability and details.
-    async fn health(&self) -> TransportHealth;
-
-    /// Releases owned resources; live streams end.
-    async fn close(&self) -> Result<()>;
 }

@@ -32,6 +32,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -132,6 +133,26 @@ impl Transport for HybridTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         let outcome = self.storage.publish(event).await?;
         if !outcome.duplicate {
@@ -205,68 +226,6 @@ impl Transport for HybridTransport {
         self.storage.cursor(room, subscriber_id).await
     }
 
-    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.storage.put_snapshot(snapshot).await
-    }
-
-    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
-        self.storage.get_snapshot(room).await
-    }
-
-    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
-        self.storage.dlq_write(room, entry).await
-    }
-
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        self.storage.dlq_list(room, after, limit).await
-    }
-
-    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
-        self.storage.dlq_remove(room, entry_ids).await
-    }
-
-    async fn dlq_len(&self, room: &Room) -> Result<u64> {
-        self.storage.dlq_len(room).await
-    }
-
-    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
-        self.storage.dlq_rooms(prefix, after, limit).await
-    }
-
-    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
-        self.realtime.publish_ephemeral(event).await
-    }
-
-    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.realtime.subscribe_ephemeral(patterns).await
-    }
-
-    async fn presence_enter(
-        &self,
-        room: &Room,
-        member: PresenceMember,
-        connection: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
-        self.realtime.presence_enter(room, member, connection, ttl).await
-    }
-
-    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
-        self.realtime.presence_leave(room, user_id, connection).await
-    }
-
-    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
-        self.realtime.presence_members(room).await
-    }
-
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.realtime.presence_sweep().await
-    }
-
-    async fn prune_expired(&self) -> Result<u64> {
-        self.storage.prune_expired().await
-    }
-
     async fn health(&self) -> TransportHealth {
         let (storage, realtime) = futures::join!(self.storage.health(), self.realtime.health());
         let status = match (storage.status, realtime.status) {
@@ -299,5 +258,103 @@ impl Transport for HybridTransport {
     async fn close(&self) -> Result<()> {
         let (a, b) = futures::join!(self.realtime.close(), self.storage.close());
         a.and(b)
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for HybridTransport {
+    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.storage.require_snapshots()?.put_snapshot(snapshot).await
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
+        self.storage.require_snapshots()?.get_snapshot(room).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for HybridTransport {
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
+        self.storage.require_dead_letters()?.dlq_write(room, entry).await
+    }
+
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
+        self.storage
+            .require_dead_letters()?
+            .dlq_list(room, after, limit)
+            .await
+    }
+
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
+        self.storage
+            .require_dead_letters()?
+            .dlq_remove(room, entry_ids)
+            .await
+    }
+
+    async fn dlq_len(&self, room: &Room) -> Result<u64> {
+        self.storage.require_dead_letters()?.dlq_len(room).await
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        self.storage
+            .require_dead_letters()?
+            .dlq_rooms(prefix, after, limit)
+            .await
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for HybridTransport {
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
+        self.realtime.require_ephemeral()?.publish_ephemeral(event).await
+    }
+
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
+        self.realtime
+            .require_ephemeral()?
+            .subscribe_ephemeral(patterns)
+            .await
+    }
+}
+
+#[async_trait]
+impl PresenceStore for HybridTransport {
+    async fn presence_enter(
+        &self,
+        room: &Room,
+        member: PresenceMember,
+        connection: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.realtime
+            .require_presence()?
+            .presence_enter(room, member, connection, ttl)
+            .await
+    }
+
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
+        self.realtime
+            .require_presence()?
+            .presence_leave(room, user_id, connection)
+            .await
+    }
+
+    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
+        self.realtime.require_presence()?.presence_members(room).await
+    }
+
+    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
+        self.realtime.require_presence()?.presence_sweep().await
+    }
+}
+
+#[async_trait]
+impl Retention for HybridTransport {
+    async fn prune_expired(&self) -> Result<u64> {
+        match self.storage.retention() {
+            Some(r) => r.prune_expired().await,
+            None => Ok(0),
+        }
     }
 }

@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
+use zps_core::transport::Retention;
 
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{Document, doc};

@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
+use zps_core::transport::Retention;
 
 use common::{Cleanup, Schema, url};
 use futures::StreamExt;

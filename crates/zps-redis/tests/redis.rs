@@ -11,6 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use zps_core::transport::{EphemeralBus, PresenceStore};
 
 use futures::StreamExt;
 use serde_json::json;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
@@ -212,6 +213,26 @@ impl Transport for SqliteTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         self.check_open()?;
         let live = self.inner.clone();
@@ -288,88 +309,6 @@ impl Transport for SqliteTransport {
         self.read(move |c| store::cursor(c, &room, &sub)).await
     }
 
-    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.check_open()?;
-        self.write(move |c| store::put_snapshot(c, &snapshot)).await
-    }
-
-    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
-        let room = room.clone();
-        self.read(move |c| store::get_snapshot(c, &room)).await
-    }
-
-    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
-        self.check_open()?;
-        let (room, max) = (room.clone(), self.inner.config.max_dlq_per_room.max(1));
-        self.write(move |c| store::dlq_write(c, &room, entry, max)).await
-    }
-
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        let room = room.clone();
-        self.read(move |c| store::dlq_list(c, &room, after, limit)).await
-    }
-
-    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
-        self.check_open()?;
-        let (room, ids) = (room.clone(), entry_ids.to_vec());
-        self.write(move |c| store::dlq_remove(c, &room, &ids)).await
-    }
-
-    async fn dlq_len(&self, room: &Room) -> Result<u64> {
-        let room = room.clone();
-        self.read(move |c| store::dlq_len(c, &room)).await
-    }
-
-    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
-        let (prefix, after) = (prefix.to_owned(), after.cloned());
-        self.read(move |c| store::dlq_rooms(c, &prefix, after.as_ref(), limit))
-            .await
-    }
-
-    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
-        self.check_open()?;
-        self.inner.side.publish_ephemeral(event).await
-    }
-
-    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.check_open()?;
-        self.inner.side.subscribe_ephemeral(patterns).await
-    }
-
-    async fn presence_enter(
-        &self,
-        room: &Room,
-        member: PresenceMember,
-        connection: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
-        self.check_open()?;
-        self.inner
-            .side
-            .presence_enter(room, member, connection, ttl)
-            .await
-    }
-
-    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
-        self.check_open()?;
-        self.inner.side.presence_leave(room, user_id, connection).await
-    }
-
-    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
-        self.check_open()?;
-        self.inner.side.presence_members(room).await
-    }
-
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.check_open()?;
-        self.inner.side.presence_sweep().await
-    }
-
-    async fn prune_expired(&self) -> Result<u64> {
-        self.check_open()?;
-        self.write(|c| store::prune(c, Timestamp::now())).await
-    }
-
     async fn health(&self) -> TransportHealth {
         let mut report = TransportHealth::healthy("sqlite");
         report
@@ -405,5 +344,102 @@ impl Transport for SqliteTransport {
         self.inner.readers.close();
         self.inner.live.close();
         self.inner.side.close().await
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for SqliteTransport {
+    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.check_open()?;
+        self.write(move |c| store::put_snapshot(c, &snapshot)).await
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
+        let room = room.clone();
+        self.read(move |c| store::get_snapshot(c, &room)).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for SqliteTransport {
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
+        self.check_open()?;
+        let (room, max) = (room.clone(), self.inner.config.max_dlq_per_room.max(1));
+        self.write(move |c| store::dlq_write(c, &room, entry, max)).await
+    }
+
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
+        let room = room.clone();
+        self.read(move |c| store::dlq_list(c, &room, after, limit)).await
+    }
+
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
+        self.check_open()?;
+        let (room, ids) = (room.clone(), entry_ids.to_vec());
+        self.write(move |c| store::dlq_remove(c, &room, &ids)).await
+    }
+
+    async fn dlq_len(&self, room: &Room) -> Result<u64> {
+        let room = room.clone();
+        self.read(move |c| store::dlq_len(c, &room)).await
+    }
+
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
+        let (prefix, after) = (prefix.to_owned(), after.cloned());
+        self.read(move |c| store::dlq_rooms(c, &prefix, after.as_ref(), limit))
+            .await
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for SqliteTransport {
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
+        self.check_open()?;
+        self.inner.side.publish_ephemeral(event).await
+    }
+
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
+        self.check_open()?;
+        self.inner.side.subscribe_ephemeral(patterns).await
+    }
+}
+
+#[async_trait]
+impl PresenceStore for SqliteTransport {
+    async fn presence_enter(
+        &self,
+        room: &Room,
+        member: PresenceMember,
+        connection: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        self.check_open()?;
+        self.inner
+            .side
+            .presence_enter(room, member, connection, ttl)
+            .await
+    }
+
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
+        self.check_open()?;
+        self.inner.side.presence_leave(room, user_id, connection).await
+    }
+
+    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
+        self.check_open()?;
+        self.inner.side.presence_members(room).await
+    }
+
+    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
+        self.check_open()?;
+        self.inner.side.presence_sweep().await
+    }
+}
+
+#[async_trait]
+impl Retention for SqliteTransport {
+    async fn prune_expired(&self) -> Result<u64> {
+        self.check_open()?;
+        self.write(|c| store::prune(c, Timestamp::now())).await
     }
 }

@@ -37,7 +37,12 @@ impl Dlq {
     /// How many entries the queue holds.
     pub async fn len(&self) -> Result<u64> {
         self.engine.inner.check_open()?;
-        self.engine.inner.transport.dlq_len(&self.room).await
+        self.engine
+            .inner
+            .transport
+            .require_dead_letters()?
+            .dlq_len(&self.room)
+            .await
     }
 
     /// Whether the queue is empty.
@@ -58,7 +63,7 @@ impl Dlq {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                let n = transport.dlq_remove(room, &ids).await?;
+                let n = transport.require_dead_letters()?.dlq_remove(room, &ids).await?;
                 ctx.count = Some(usize::try_from(n).unwrap_or(usize::MAX));
                 Ok((ctx, n))
             })
@@ -131,7 +136,10 @@ impl Realtime {
         ctx.extensions.insert("prefix".into(), prefix.clone().into());
         let (_, rooms) = inner
             .call(ctx, move |mut ctx| async move {
-                let rooms = transport.dlq_rooms(&prefix, after.as_ref(), limit).await?;
+                let rooms = transport
+                    .require_dead_letters()?
+                    .dlq_rooms(&prefix, after.as_ref(), limit)
+                    .await?;
                 ctx.count = Some(rooms.len());
                 Ok((ctx, rooms))
             })
@@ -153,7 +161,10 @@ async fn read_page(engine: &Realtime, room: &Room, after: u64, limit: usize) -> 
             let Some(room) = &ctx.room else {
                 return Err(Error::Rejected("middleware removed the room".into()));
             };
-            let entries = transport.dlq_list(room, after, limit).await?;
+            let entries = transport
+                .require_dead_letters()?
+                .dlq_list(room, after, limit)
+                .await?;
             ctx.count = Some(entries.len());
             Ok((ctx, entries))
         })

@@ -56,7 +56,7 @@ impl Realtime {
                 let Some(event) = ctx.ephemeral.clone() else {
                     return Err(Error::Rejected("middleware removed the event".into()));
                 };
-                transport.publish_ephemeral(event).await?;
+                transport.require_ephemeral()?.publish_ephemeral(event).await?;
                 Ok(ctx)
             })
             .await?;
@@ -71,7 +71,12 @@ impl Realtime {
         event_types: Option<Vec<String>>,
     ) -> Result<BoxStream<'static, Arc<EphemeralEvent>>> {
         self.inner.check_open()?;
-        let stream = self.inner.transport.subscribe_ephemeral(patterns).await?;
+        let stream = self
+            .inner
+            .transport
+            .require_ephemeral()?
+            .subscribe_ephemeral(patterns)
+            .await?;
         let inner = self.inner.clone();
         let has_middleware = !inner.chain().is_empty();
         Ok(stream

@@ -176,7 +176,7 @@ pub(crate) async fn dlq_write(inner: &Arc<Inner>, room: &Room, entry: NewDlqEntr
             let Some(room) = &ctx.room else {
                 return Err(Error::Rejected("middleware removed the room".into()));
             };
-            let stored = transport.dlq_write(room, entry).await?;
+            let stored = transport.require_dead_letters()?.dlq_write(room, entry).await?;
             Ok((ctx, stored))
         })
         .await?;

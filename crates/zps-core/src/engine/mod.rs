@@ -499,7 +499,7 @@ impl Realtime {
         ctx.sequence = Some(last_sequence);
         self.inner
             .run(ctx, move |ctx| async move {
-                transport.put_snapshot(snapshot).await?;
+                transport.require_snapshots()?.put_snapshot(snapshot).await?;
                 Ok(ctx)
             })
             .await?;
@@ -518,7 +518,7 @@ impl Realtime {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                let snapshot = transport.get_snapshot(room).await?;
+                let snapshot = transport.require_snapshots()?.get_snapshot(room).await?;
                 Ok((ctx, snapshot))
             })
             .await?;
@@ -602,7 +602,10 @@ impl Realtime {
         let (_, removed) = self
             .inner
             .call(Context::new(Action::Prune), move |mut ctx| async move {
-                let removed = transport.prune_expired().await?;
+                let removed = match transport.retention() {
+                    Some(r) => r.prune_expired().await?,
+                    None => 0,
+                };
                 ctx.count = Some(usize::try_from(removed).unwrap_or(usize::MAX));
                 Ok((ctx, removed))
             })

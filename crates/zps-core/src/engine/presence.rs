@@ -80,7 +80,10 @@ impl Presence {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                let joined = transport.presence_enter(room, member, &conn, ttl).await?;
+                let joined = transport
+                    .require_presence()?
+                    .presence_enter(room, member, &conn, ttl)
+                    .await?;
                 Ok((ctx, joined))
             })
             .await?;
@@ -110,7 +113,10 @@ impl Presence {
                 let Some(room) = &ctx.room else {
                     return Err(Error::Rejected("middleware removed the room".into()));
                 };
-                let left = transport.presence_leave(room, &user, &conn).await?;
+                let left = transport
+                    .require_presence()?
+                    .presence_leave(room, &user, &conn)
+                    .await?;
                 Ok((ctx, left))
             })
             .await?;
@@ -123,7 +129,12 @@ impl Presence {
     /// Current members, sorted by user id.
     pub async fn members(&self) -> Result<Vec<PresenceMember>> {
         self.engine.inner.check_open()?;
-        self.engine.inner.transport.presence_members(&self.room).await
+        self.engine
+            .inner
+            .transport
+            .require_presence()?
+            .presence_members(&self.room)
+            .await
     }
 
     /// Joins and leaves as they are announced.
@@ -213,7 +224,11 @@ fn ensure_sweeper(engine: &Realtime) {
 
 async fn sweep_once(inner: Arc<Inner>) {
     let engine = Realtime { inner };
-    match engine.inner.transport.presence_sweep().await {
+    let swept = match engine.inner.transport.require_presence() {
+        Ok(p) => p.presence_sweep().await,
+        Err(e) => Err(e),
+    };
+    match swept {
         Ok(left) => {
             for (room, user) in left {
                 announce_left(&engine, &room, &user).await;

@@ -2,12 +2,9 @@
 
 use super::*;
 
-impl MongoTransport {
-    pub(super) async fn dlq_write_stored(
-        &self,
-        room: &Room,
-        entry: NewDlqEntry,
-    ) -> zps_core::Result<DlqEntry> {
+#[async_trait]
+impl DeadLetterStore for MongoTransport {
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> zps_core::Result<DlqEntry> {
         self.check_open()?;
         let counter = self
             .inner
@@ -40,12 +37,7 @@ impl MongoTransport {
         Ok(stored)
     }
 
-    pub(super) async fn dlq_list_stored(
-        &self,
-        room: &Room,
-        after: u64,
-        limit: usize,
-    ) -> zps_core::Result<Vec<DlqEntry>> {
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> zps_core::Result<Vec<DlqEntry>> {
         self.check_open()?;
         if limit == 0 {
             return Ok(Vec::new());
@@ -68,7 +60,7 @@ impl MongoTransport {
             .collect::<MongoResult<Vec<_>>>()?)
     }
 
-    pub(super) async fn dlq_remove_stored(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
         self.check_open()?;
         if entry_ids.is_empty() {
             return Ok(0);
@@ -84,7 +76,7 @@ impl MongoTransport {
         Ok(r.deleted_count)
     }
 
-    pub(super) async fn dlq_len_stored(&self, room: &Room) -> zps_core::Result<u64> {
+    async fn dlq_len(&self, room: &Room) -> zps_core::Result<u64> {
         self.check_open()?;
         Ok(self
             .inner
@@ -95,7 +87,7 @@ impl MongoTransport {
             .map_err(MongoError::from)?)
     }
 
-    pub(super) async fn dlq_rooms_stored(
+    async fn dlq_rooms(
         &self,
         prefix: &str,
         after: Option<&Room>,

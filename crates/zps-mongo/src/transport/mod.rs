@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -461,6 +462,26 @@ impl Transport for MongoTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> zps_core::Result<PublishOutcome> {
         self.check_open()?;
         Ok(self.publish_one(event).await?)
@@ -546,108 +567,6 @@ impl Transport for MongoTransport {
         Ok(d.and_then(|d| get_u64(&d, "sequence")))
     }
 
-    async fn put_snapshot(&self, snapshot: Snapshot) -> zps_core::Result<()> {
-        self.check_open()?;
-        self.inner
-            .c
-            .snapshots
-            .replace_one(
-                doc! { "_id": snapshot.room.as_str() },
-                docs::snapshot_document(&snapshot),
-            )
-            .upsert(true)
-            .await
-            .map_err(MongoError::from)?;
-        Ok(())
-    }
-
-    async fn get_snapshot(&self, room: &Room) -> zps_core::Result<Option<Snapshot>> {
-        self.check_open()?;
-        let d = self
-            .inner
-            .c
-            .snapshots
-            .find_one(doc! { "_id": room.as_str() })
-            .await
-            .map_err(MongoError::from)?;
-        Ok(d.map(|d| docs::decode_snapshot(&d).map_err(corrupt("snapshots")))
-            .transpose()?)
-    }
-
-    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> zps_core::Result<DlqEntry> {
-        self.dlq_write_stored(room, entry).await
-    }
-
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> zps_core::Result<Vec<DlqEntry>> {
-        self.dlq_list_stored(room, after, limit).await
-    }
-
-    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
-        self.dlq_remove_stored(room, entry_ids).await
-    }
-
-    async fn dlq_len(&self, room: &Room) -> zps_core::Result<u64> {
-        self.dlq_len_stored(room).await
-    }
-
-    async fn dlq_rooms(
-        &self,
-        prefix: &str,
-        after: Option<&Room>,
-        limit: usize,
-    ) -> zps_core::Result<Vec<DlqRoom>> {
-        self.dlq_rooms_stored(prefix, after, limit).await
-    }
-
-    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
-        self.check_open()?;
-        let room = event.room.clone();
-        self.inner.hub.ephemeral.send(&room, event);
-        Ok(())
-    }
-
-    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> zps_core::Result<EphemeralStream> {
-        self.check_open()?;
-        Ok(self.inner.hub.subscribe_ephemeral(patterns))
-    }
-
-    async fn presence_enter(
-        &self,
-        room: &Room,
-        member: PresenceMember,
-        connection: &str,
-        ttl: Duration,
-    ) -> zps_core::Result<bool> {
-        self.presence_enter_stored(room, member, connection, ttl).await
-    }
-
-    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> zps_core::Result<bool> {
-        self.presence_leave_stored(room, user_id, connection).await
-    }
-
-    async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
-        self.presence_members_stored(room).await
-    }
-
-    async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
-        self.presence_sweep_stored().await
-    }
-
-    async fn prune_expired(&self) -> zps_core::Result<u64> {
-        self.check_open()?;
-        // The same delay as the TTL index: holes are judged by age, so expired events
-        // (invisible to replays already) stay on disk for `purge_delay`.
-        let cutoff = Timestamp::now().as_millis() - self.inner.policy.horizon_ms;
-        let r = self
-            .inner
-            .c
-            .events
-            .delete_many(doc! { "expiresAt": { "$lt": date(Timestamp::from_millis(cutoff)) } })
-            .await
-            .map_err(MongoError::from)?;
-        Ok(r.deleted_count)
-    }
-
     async fn health(&self) -> TransportHealth {
         let mut h = TransportHealth::healthy("mongo");
         let inner = &self.inner;
@@ -702,5 +621,69 @@ impl Transport for MongoTransport {
     async fn close(&self) -> zps_core::Result<()> {
         self.close_inner().await;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for MongoTransport {
+    async fn put_snapshot(&self, snapshot: Snapshot) -> zps_core::Result<()> {
+        self.check_open()?;
+        self.inner
+            .c
+            .snapshots
+            .replace_one(
+                doc! { "_id": snapshot.room.as_str() },
+                docs::snapshot_document(&snapshot),
+            )
+            .upsert(true)
+            .await
+            .map_err(MongoError::from)?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> zps_core::Result<Option<Snapshot>> {
+        self.check_open()?;
+        let d = self
+            .inner
+            .c
+            .snapshots
+            .find_one(doc! { "_id": room.as_str() })
+            .await
+            .map_err(MongoError::from)?;
+        Ok(d.map(|d| docs::decode_snapshot(&d).map_err(corrupt("snapshots")))
+            .transpose()?)
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for MongoTransport {
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
+        self.check_open()?;
+        let room = event.room.clone();
+        self.inner.hub.ephemeral.send(&room, event);
+        Ok(())
+    }
+
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> zps_core::Result<EphemeralStream> {
+        self.check_open()?;
+        Ok(self.inner.hub.subscribe_ephemeral(patterns))
+    }
+}
+
+#[async_trait]
+impl Retention for MongoTransport {
+    async fn prune_expired(&self) -> zps_core::Result<u64> {
+        self.check_open()?;
+        // The same delay as the TTL index: holes are judged by age, so expired events
+        // (invisible to replays already) stay on disk for `purge_delay`.
+        let cutoff = Timestamp::now().as_millis() - self.inner.policy.horizon_ms;
+        let r = self
+            .inner
+            .c
+            .events
+            .delete_many(doc! { "expiresAt": { "$lt": date(Timestamp::from_millis(cutoff)) } })
+            .await
+            .map_err(MongoError::from)?;
+        Ok(r.deleted_count)
     }
 }

@@ -3,8 +3,9 @@
 
 use super::*;
 
-impl MongoTransport {
-    pub(super) async fn presence_enter_stored(
+#[async_trait]
+impl PresenceStore for MongoTransport {
+    async fn presence_enter(
         &self,
         room: &Room,
         member: PresenceMember,
@@ -66,12 +67,7 @@ impl MongoTransport {
         Ok(joined)
     }
 
-    pub(super) async fn presence_leave_stored(
-        &self,
-        room: &Room,
-        user_id: &str,
-        connection: &str,
-    ) -> zps_core::Result<bool> {
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> zps_core::Result<bool> {
         self.check_open()?;
         let r = self
             .inner
@@ -86,7 +82,7 @@ impl MongoTransport {
         Ok(self.presence_live(room, user_id).await?.is_empty())
     }
 
-    pub(super) async fn presence_members_stored(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
+    async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
         self.check_open()?;
         let now = Timestamp::now();
         let found: Vec<Document> = self
@@ -129,7 +125,7 @@ impl MongoTransport {
         Ok(members)
     }
 
-    pub(super) async fn presence_sweep_stored(&self) -> zps_core::Result<Vec<(Room, String)>> {
+    async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
         self.check_open()?;
         let presence = &self.inner.c.presence;
         let at = Timestamp::now();

@@ -34,12 +34,15 @@ impl PostgresTransport {
             })
             .collect()
     }
+}
 
-    pub(super) async fn dlq_write_stored(
-        &self,
-        room: &Room,
-        entry: NewDlqEntry,
-    ) -> zps_core::Result<DlqEntry> {
+#[async_trait]
+impl DeadLetterStore for PostgresTransport {
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> zps_core::Result<Vec<DlqEntry>> {
+        Ok(self.dlq_list_inner(room, after, limit).await?)
+    }
+
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> zps_core::Result<DlqEntry> {
         self.check_open()?;
         let entry_id: i64 = sqlx::query_scalar(&self.inner.q.dlq_write)
             .bind(room.as_str())
@@ -62,7 +65,7 @@ impl PostgresTransport {
         })
     }
 
-    pub(super) async fn dlq_remove_stored(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
         self.check_open()?;
         let ids: Vec<i64> = entry_ids.iter().map(|&id| to_i64(id)).collect();
         let done = sqlx::query(&self.inner.q.dlq_remove)
@@ -74,7 +77,7 @@ impl PostgresTransport {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn dlq_len_stored(&self, room: &Room) -> zps_core::Result<u64> {
+    async fn dlq_len(&self, room: &Room) -> zps_core::Result<u64> {
         self.check_open()?;
         let n: i64 = sqlx::query_scalar(&self.inner.q.dlq_len)
             .bind(room.as_str())
@@ -84,7 +87,7 @@ impl PostgresTransport {
         Ok(to_u64(n))
     }
 
-    pub(super) async fn dlq_rooms_stored(
+    async fn dlq_rooms(
         &self,
         prefix: &str,
         after: Option<&Room>,

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -492,6 +493,26 @@ impl Transport for PostgresTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> zps_core::Result<PublishOutcome> {
         Ok(self.publish_inner(event).await?)
     }
@@ -556,119 +577,6 @@ impl Transport for PostgresTransport {
         Ok(stored.map(to_u64))
     }
 
-    async fn put_snapshot(&self, snapshot: Snapshot) -> zps_core::Result<()> {
-        self.check_open()?;
-        sqlx::query(&self.inner.q.put_snapshot)
-            .bind(snapshot.room.as_str())
-            .bind(to_i64(snapshot.last_sequence))
-            .bind(snapshot.state.get())
-            .bind(snapshot.created_at.to_datetime())
-            .execute(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(())
-    }
-
-    async fn get_snapshot(&self, room: &Room) -> zps_core::Result<Option<Snapshot>> {
-        self.check_open()?;
-        let row = sqlx::query(&self.inner.q.get_snapshot)
-            .bind(room.as_str())
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        let Some(row) = row else { return Ok(None) };
-        let decode = || -> PgResult<Snapshot> {
-            Ok(Snapshot {
-                room: room.clone(),
-                last_sequence: to_u64(row.try_get::<i64, _>("last_sequence")?),
-                state: payload_from("snapshots", row.try_get::<String, _>("state")?)?,
-                created_at: Timestamp::from(row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?),
-            })
-        };
-        Ok(Some(decode()?))
-    }
-
-    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> zps_core::Result<DlqEntry> {
-        self.dlq_write_stored(room, entry).await
-    }
-
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> zps_core::Result<Vec<DlqEntry>> {
-        Ok(self.dlq_list_inner(room, after, limit).await?)
-    }
-
-    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> zps_core::Result<u64> {
-        self.dlq_remove_stored(room, entry_ids).await
-    }
-
-    async fn dlq_len(&self, room: &Room) -> zps_core::Result<u64> {
-        self.dlq_len_stored(room).await
-    }
-
-    async fn dlq_rooms(
-        &self,
-        prefix: &str,
-        after: Option<&Room>,
-        limit: usize,
-    ) -> zps_core::Result<Vec<DlqRoom>> {
-        self.dlq_rooms_stored(prefix, after, limit).await
-    }
-
-    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
-        self.check_open()?;
-        let json = serde_json::to_string(&*event)
-            .map_err(|e| Error::InvalidEvent(format!("ephemeral event is not serializable: {e}")))?;
-        let text = format!("{}\n{}\n{json}", self.inner.shared.tag, event.room);
-        if text.len() > NOTIFY_PAYLOAD_LIMIT {
-            return Err(Error::PayloadTooLarge {
-                size: text.len(),
-                limit: NOTIFY_PAYLOAD_LIMIT,
-            });
-        }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.inner.config.ephemeral_channel)
-            .bind(text)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(())
-    }
-
-    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> zps_core::Result<EphemeralStream> {
-        self.check_open()?;
-        Ok(self.inner.shared.ephemeral.subscribe_lossy(patterns))
-    }
-
-    async fn presence_enter(
-        &self,
-        room: &Room,
-        member: PresenceMember,
-        connection: &str,
-        ttl: Duration,
-    ) -> zps_core::Result<bool> {
-        self.presence_enter_stored(room, member, connection, ttl).await
-    }
-
-    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> zps_core::Result<bool> {
-        self.presence_leave_stored(room, user_id, connection).await
-    }
-
-    async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
-        self.presence_members_stored(room).await
-    }
-
-    async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
-        self.presence_sweep_stored().await
-    }
-
-    async fn prune_expired(&self) -> zps_core::Result<u64> {
-        self.check_open()?;
-        let removed: i64 = sqlx::query_scalar(&self.inner.q.prune)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(PostgresError::from)?;
-        Ok(to_u64(removed))
-    }
-
     async fn health(&self) -> TransportHealth {
         let inner = &*self.inner;
         let mut h = TransportHealth::healthy("postgres");
@@ -709,5 +617,80 @@ impl Transport for PostgresTransport {
     async fn close(&self) -> zps_core::Result<()> {
         self.close_inner().await;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for PostgresTransport {
+    async fn put_snapshot(&self, snapshot: Snapshot) -> zps_core::Result<()> {
+        self.check_open()?;
+        sqlx::query(&self.inner.q.put_snapshot)
+            .bind(snapshot.room.as_str())
+            .bind(to_i64(snapshot.last_sequence))
+            .bind(snapshot.state.get())
+            .bind(snapshot.created_at.to_datetime())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(PostgresError::from)?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> zps_core::Result<Option<Snapshot>> {
+        self.check_open()?;
+        let row = sqlx::query(&self.inner.q.get_snapshot)
+            .bind(room.as_str())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(PostgresError::from)?;
+        let Some(row) = row else { return Ok(None) };
+        let decode = || -> PgResult<Snapshot> {
+            Ok(Snapshot {
+                room: room.clone(),
+                last_sequence: to_u64(row.try_get::<i64, _>("last_sequence")?),
+                state: payload_from("snapshots", row.try_get::<String, _>("state")?)?,
+                created_at: Timestamp::from(row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?),
+            })
+        };
+        Ok(Some(decode()?))
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for PostgresTransport {
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
+        self.check_open()?;
+        let json = serde_json::to_string(&*event)
+            .map_err(|e| Error::InvalidEvent(format!("ephemeral event is not serializable: {e}")))?;
+        let text = format!("{}\n{}\n{json}", self.inner.shared.tag, event.room);
+        if text.len() > NOTIFY_PAYLOAD_LIMIT {
+            return Err(Error::PayloadTooLarge {
+                size: text.len(),
+                limit: NOTIFY_PAYLOAD_LIMIT,
+            });
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.inner.config.ephemeral_channel)
+            .bind(text)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(PostgresError::from)?;
+        Ok(())
+    }
+
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> zps_core::Result<EphemeralStream> {
+        self.check_open()?;
+        Ok(self.inner.shared.ephemeral.subscribe_lossy(patterns))
+    }
+}
+
+#[async_trait]
+impl Retention for PostgresTransport {
+    async fn prune_expired(&self) -> zps_core::Result<u64> {
+        self.check_open()?;
+        let removed: i64 = sqlx::query_scalar(&self.inner.q.prune)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(PostgresError::from)?;
+        Ok(to_u64(removed))
     }
 }

@@ -3,8 +3,9 @@
 
 use super::*;
 
-impl PostgresTransport {
-    pub(super) async fn presence_enter_stored(
+#[async_trait]
+impl PresenceStore for PostgresTransport {
+    async fn presence_enter(
         &self,
         room: &Room,
         member: PresenceMember,
@@ -35,12 +36,7 @@ impl PostgresTransport {
         Ok(joined.unwrap_or(false))
     }
 
-    pub(super) async fn presence_leave_stored(
-        &self,
-        room: &Room,
-        user_id: &str,
-        connection: &str,
-    ) -> zps_core::Result<bool> {
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> zps_core::Result<bool> {
         self.check_open()?;
         let left: Option<bool> = sqlx::query_scalar(&self.inner.q.presence_leave)
             .bind(room.as_str())
@@ -52,7 +48,7 @@ impl PostgresTransport {
         Ok(left.unwrap_or(false))
     }
 
-    pub(super) async fn presence_members_stored(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
+    async fn presence_members(&self, room: &Room) -> zps_core::Result<Vec<PresenceMember>> {
         self.check_open()?;
         let rows = sqlx::query(&self.inner.q.presence_members)
             .bind(room.as_str())
@@ -75,7 +71,7 @@ impl PostgresTransport {
         Ok(members)
     }
 
-    pub(super) async fn presence_sweep_stored(&self) -> zps_core::Result<Vec<(Room, String)>> {
+    async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
         self.check_open()?;
         let rows: Vec<(String, String)> = sqlx::query_as(&self.inner.q.presence_sweep)
             .fetch_all(&self.inner.pool)

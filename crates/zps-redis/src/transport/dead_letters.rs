@@ -2,8 +2,9 @@
 
 use super::*;
 
-impl RedisTransport {
-    pub(super) async fn dlq_write_stored(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
+#[async_trait]
+impl DeadLetterStore for RedisTransport {
+    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
         self.check_open()?;
         let mut stored = DlqEntry {
             entry_id: 0,
@@ -36,12 +37,7 @@ impl RedisTransport {
         Ok(stored)
     }
 
-    pub(super) async fn dlq_list_stored(
-        &self,
-        room: &Room,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<DlqEntry>> {
+    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
         self.check_open()?;
         if limit == 0 {
             return Ok(Vec::new());
@@ -86,7 +82,7 @@ impl RedisTransport {
         Ok(out)
     }
 
-    pub(super) async fn dlq_remove_stored(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
+    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
         self.check_open()?;
         if entry_ids.is_empty() {
             return Ok(0);
@@ -99,7 +95,7 @@ impl RedisTransport {
             .map_err(core)
     }
 
-    pub(super) async fn dlq_len_stored(&self, room: &Room) -> Result<u64> {
+    async fn dlq_len(&self, room: &Room) -> Result<u64> {
         self.check_open()?;
         self.inner
             .client
@@ -108,12 +104,7 @@ impl RedisTransport {
             .map_err(core)
     }
 
-    pub(super) async fn dlq_rooms_stored(
-        &self,
-        prefix: &str,
-        after: Option<&Room>,
-        limit: usize,
-    ) -> Result<Vec<DlqRoom>> {
+    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
         self.check_open()?;
         let keys =
             crate::admin::keys_matching(&self.inner.client, self.inner.keys.dlq_scan_pattern(prefix)).await?;

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use zps_core::transport::{DeadLetterStore, EphemeralBus, PresenceStore, Retention, SnapshotStore};
 
 use async_trait::async_trait;
 use fred::bytes_utils::Str;
@@ -434,6 +435,26 @@ impl Transport for RedisTransport {
         }
     }
 
+    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
+        Some(self)
+    }
+
+    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
+        Some(self)
+    }
+
+    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
+        Some(self)
+    }
+
+    fn presence(&self) -> Option<&dyn PresenceStore> {
+        Some(self)
+    }
+
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         self.publish_stored(event).await
     }
@@ -501,98 +522,6 @@ impl Transport for RedisTransport {
             .transpose()
     }
 
-    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
-        self.check_open()?;
-        let json = serde_json::to_string(&snapshot).map_err(|e| Error::InvalidEvent(e.to_string()))?;
-        let _: () = self
-            .inner
-            .client
-            .set(self.inner.keys.snapshot(&snapshot.room), json, None, None, false)
-            .await
-            .map_err(core)?;
-        Ok(())
-    }
-
-    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
-        self.check_open()?;
-        let stored: Option<String> = self
-            .inner
-            .client
-            .get(self.inner.keys.snapshot(room))
-            .await
-            .map_err(core)?;
-        stored
-            .map(|s| {
-                serde_json::from_str(&s).map_err(|e| decode(format!("stored snapshot is not valid: {e}")))
-            })
-            .transpose()
-    }
-
-    async fn dlq_write(&self, room: &Room, entry: NewDlqEntry) -> Result<DlqEntry> {
-        self.dlq_write_stored(room, entry).await
-    }
-
-    async fn dlq_list(&self, room: &Room, after: u64, limit: usize) -> Result<Vec<DlqEntry>> {
-        self.dlq_list_stored(room, after, limit).await
-    }
-
-    async fn dlq_remove(&self, room: &Room, entry_ids: &[u64]) -> Result<u64> {
-        self.dlq_remove_stored(room, entry_ids).await
-    }
-
-    async fn dlq_len(&self, room: &Room) -> Result<u64> {
-        self.dlq_len_stored(room).await
-    }
-
-    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> Result<Vec<DlqRoom>> {
-        self.dlq_rooms_stored(prefix, after, limit).await
-    }
-
-    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
-        self.check_open()?;
-        let json = serde_json::to_string(&*event).map_err(|e| Error::InvalidEvent(e.to_string()))?;
-        let channel = self.inner.keys.ephemeral_channel(&event.room);
-        self.send_pubsub(channel, json).await
-    }
-
-    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
-        self.subscribe_ephemeral_live(patterns).await
-    }
-
-    async fn presence_enter(
-        &self,
-        room: &Room,
-        member: PresenceMember,
-        connection: &str,
-        ttl: Duration,
-    ) -> Result<bool> {
-        self.presence_enter_stored(room, member, connection, ttl).await
-    }
-
-    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
-        self.presence_leave_stored(room, user_id, connection).await
-    }
-
-    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
-        self.presence_members_stored(room).await
-    }
-
-    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
-        self.presence_sweep_stored().await
-    }
-
-    async fn prune_expired(&self) -> Result<u64> {
-        self.check_open()?;
-        if !self.config().persist_streams {
-            return Ok(0);
-        }
-        let mut removed = 0;
-        for stream in self.stream_keys().await? {
-            removed += self.prune_stream(&stream).await?;
-        }
-        Ok(removed)
-    }
-
     async fn health(&self) -> TransportHealth {
         let mut health = TransportHealth::healthy(PROVIDER);
         if self.inner.closed.load(Ordering::Acquire) {
@@ -644,5 +573,64 @@ impl Transport for RedisTransport {
             self.inner.hub.unsubscribe_all().await;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for RedisTransport {
+    async fn put_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.check_open()?;
+        let json = serde_json::to_string(&snapshot).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+        let _: () = self
+            .inner
+            .client
+            .set(self.inner.keys.snapshot(&snapshot.room), json, None, None, false)
+            .await
+            .map_err(core)?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, room: &Room) -> Result<Option<Snapshot>> {
+        self.check_open()?;
+        let stored: Option<String> = self
+            .inner
+            .client
+            .get(self.inner.keys.snapshot(room))
+            .await
+            .map_err(core)?;
+        stored
+            .map(|s| {
+                serde_json::from_str(&s).map_err(|e| decode(format!("stored snapshot is not valid: {e}")))
+            })
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl EphemeralBus for RedisTransport {
+    async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> Result<()> {
+        self.check_open()?;
+        let json = serde_json::to_string(&*event).map_err(|e| Error::InvalidEvent(e.to_string()))?;
+        let channel = self.inner.keys.ephemeral_channel(&event.room);
+        self.send_pubsub(channel, json).await
+    }
+
+    async fn subscribe_ephemeral(&self, patterns: &[RoomPattern]) -> Result<EphemeralStream> {
+        self.subscribe_ephemeral_live(patterns).await
+    }
+}
+
+#[async_trait]
+impl Retention for RedisTransport {
+    async fn prune_expired(&self) -> Result<u64> {
+        self.check_open()?;
+        if !self.config().persist_streams {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for stream in self.stream_keys().await? {
+            removed += self.prune_stream(&stream).await?;
+        }
+        Ok(removed)
     }
 }

@@ -3,8 +3,9 @@
 
 use super::*;
 
-impl RedisTransport {
-    pub(super) async fn presence_enter_stored(
+#[async_trait]
+impl PresenceStore for RedisTransport {
+    async fn presence_enter(
         &self,
         room: &Room,
         member: PresenceMember,
@@ -61,12 +62,7 @@ impl RedisTransport {
         Ok(joined)
     }
 
-    pub(super) async fn presence_leave_stored(
-        &self,
-        room: &Room,
-        user_id: &str,
-        connection: &str,
-    ) -> Result<bool> {
+    async fn presence_leave(&self, room: &Room, user_id: &str, connection: &str) -> Result<bool> {
         self.check_open()?;
         let left: i64 = self
             .inner
@@ -82,7 +78,7 @@ impl RedisTransport {
         Ok(left == 1)
     }
 
-    pub(super) async fn presence_members_stored(&self, room: &Room) -> Result<Vec<PresenceMember>> {
+    async fn presence_members(&self, room: &Room) -> Result<Vec<PresenceMember>> {
         self.check_open()?;
         let reply: Value = self
             .inner
@@ -113,7 +109,7 @@ impl RedisTransport {
         Ok(members)
     }
 
-    pub(super) async fn presence_sweep_stored(&self) -> Result<Vec<(Room, String)>> {
+    async fn presence_sweep(&self) -> Result<Vec<(Room, String)>> {
         self.check_open()?;
         let client = &self.inner.client;
         let index = self.inner.keys.presence_index();
