@@ -18,9 +18,9 @@ use zps_protocol::{PublishEphemeral, PublishEvent};
 
 use crate::driver::{Command, Driver, Dropped, Outgoing, Reply};
 use crate::error::ClientError;
+use crate::handle_state::Shared;
 use crate::options::{AckMode, ClientOptions, StartAt, SubscribeOptions, Targets};
 use crate::room::Sink;
-use crate::shared::Shared;
 use crate::subscription::{EphemeralSubscription, PresenceSubscription, Subscription, SubscriptionHandle};
 use crate::types::{ClientEvent, ConnectionState, OutgoingEvent, Published, RoomPosition};
 

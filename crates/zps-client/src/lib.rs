@@ -53,12 +53,12 @@
 mod client;
 mod driver;
 mod error;
+mod handle_state;
 pub mod http;
 mod options;
 mod room;
 #[cfg(test)]
 mod room_sim;
-mod shared;
 mod subscription;
 mod types;
 

@@ -20,8 +20,8 @@ use zps_core::{Room, RoomPattern};
 use zps_protocol::ErrorCode;
 
 use crate::auth::{AuthAction, AuthorizeRequest, Identity, TokenError, claim_allows, unix_now};
+use crate::gateway_state::Shared;
 use crate::session::Refusal;
-use crate::shared::Shared;
 
 /// The claim a room token carries; a connection token must not carry it.
 pub const ROOM_TOKEN_CLAIM: &str = "zps_room";

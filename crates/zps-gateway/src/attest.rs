@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use zps_core::Metadata;
 
 use crate::auth::Identity;
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// Metadata key of a client-published event that names its publisher.
 pub const PUBLISHER_KEY: &str = "publisher";

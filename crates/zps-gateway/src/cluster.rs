@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zps_core::{Room, RoomPattern};
 
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// The scope no client may use.
 pub(crate) const RESERVED_SCOPE: &str = "zps-cluster";

@@ -9,7 +9,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 const INDEX: &[u8] = include_bytes!("../assets/demo/index.html");
 const SCRIPT: &[u8] = include_bytes!("../assets/demo/demo.js");

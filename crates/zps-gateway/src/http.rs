@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use zps_core::{HealthStatus, MetricsSnapshot, TransportHealth};
 
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +90,7 @@ pub(crate) async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
     match &gw.prometheus {
         Some(handle) => {
             gw.engine.export_metrics();
-            crate::hot::export();
+            crate::frame_counters::export();
             handle.run_upkeep();
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

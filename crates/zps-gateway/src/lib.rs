@@ -26,19 +26,19 @@ mod cluster;
 mod config;
 mod conn;
 mod demo;
+mod frame_counters;
 mod frames;
-mod hot;
+mod gateway_state;
 mod http;
-mod hub;
 pub mod jwks;
-mod lane;
 mod outbox;
-mod pipe;
+mod publish_queue;
 mod replay;
+mod room_hub;
 mod session;
-mod shared;
 mod sse;
 pub mod tls;
+mod writer;
 mod ws;
 
 use std::sync::{Arc, OnceLock};
@@ -53,7 +53,7 @@ pub use auth::{AuthAction, AuthConfig, AuthorizeRequest, Authorizer, Claims, Jwt
 pub use config::{GatewayConfig, Limits};
 pub use http::GatewayHealth;
 
-use shared::Shared;
+use gateway_state::Shared;
 
 /// Errors building a gateway.
 #[derive(Debug, thiserror::Error)]

@@ -11,9 +11,9 @@ use zps_protocol::{ErrorCode, ServerMessage, Subscribed};
 use crate::auth::{AuthAction, Identity};
 use crate::conn::{CatchUp, ConnShared, Mode, RoomSub, types_ok};
 use crate::frames::control;
-use crate::hub::HubKind;
-use crate::pipe::{Disconnected, Pipe, Writer};
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
+use crate::room_hub::HubKind;
+use crate::writer::{Disconnected, Pipe, Writer};
 
 /// History page size for catch-up.
 const CATCH_UP_PAGE: usize = 500;

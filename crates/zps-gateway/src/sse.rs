@@ -24,11 +24,11 @@ use zps_protocol::{ErrorCode, Ready, ServerMessage};
 use crate::auth::{AuthAction, TokenError};
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound};
+use crate::gateway_state::{ConnSlot, Shared};
 use crate::http::origin_allowed;
 use crate::outbox::Signal;
-use crate::pipe::{Pipe, SseWriter};
 use crate::session::{Failure, Refusal, Session};
-use crate::shared::{ConnSlot, Shared};
+use crate::writer::{Pipe, SseWriter};
 
 #[derive(Default)]
 struct Params {
@@ -295,7 +295,7 @@ async fn run(
                     pipe.write(crate::frames::control(crate::frames::ConnKind::Sse, &msg))
                         .await?;
                 }
-                Err(Failure::Disconnected) => return Err(crate::pipe::Disconnected),
+                Err(Failure::Disconnected) => return Err(crate::writer::Disconnected),
             }
         }
         // Ephemeral events and presence ride on the same stream when asked for,
@@ -322,7 +322,7 @@ async fn run(
                     .await?;
             }
         }
-        Ok::<_, crate::pipe::Disconnected>(())
+        Ok::<_, crate::writer::Disconnected>(())
     }
     .await;
     if started.is_ok() {

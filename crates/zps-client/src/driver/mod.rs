@@ -30,9 +30,9 @@ use zps_protocol::{
 };
 
 use crate::error::ClientError;
+use crate::handle_state::Shared;
 use crate::options::{ClientOptions, Encoding, StartAt};
 use crate::room::{RoomTrack, Sink, SinkId, Tuning};
-use crate::shared::Shared;
 use crate::types::{ClientEvent, ConnectionState, EphemeralMessage, PresenceEvent, Published, RoomPosition};
 
 mod commands;

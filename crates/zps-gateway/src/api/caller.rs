@@ -17,8 +17,8 @@ use super::error::ApiError;
 use super::keys::{ApiKey, Scope, looks_like_key};
 use crate::access::{authorize, check_connection_token};
 use crate::auth::{AuthAction, Identity, TokenError};
+use crate::gateway_state::Shared;
 use crate::session::parse_target;
-use crate::shared::Shared;
 
 /// The authenticated caller of one request.
 pub(crate) enum Caller {

@@ -17,7 +17,7 @@ use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
 use crate::cluster::{KickOrder, disconnect_everywhere};
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 use zps_core::middleware::Action;
 
 /// A subscriber's position in a room.

@@ -34,7 +34,7 @@ use utoipa_axum::routes;
 pub use caller::RateLimiter;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use super::error::{ApiError, Body, ErrorBody, ErrorDetail, RawBody};
 use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// Most events in one batch.
 const MAX_BATCH: usize = 1_000;

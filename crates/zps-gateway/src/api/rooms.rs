@@ -19,7 +19,7 @@ use super::keys::Scope;
 use crate::auth::AuthAction;
 use crate::cluster;
 use crate::conn::Command;
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 use zps_core::middleware::Action;
 
 /// A room name (path or body): the same checks as a socket's (reserved scope,

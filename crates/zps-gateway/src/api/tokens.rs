@@ -16,7 +16,7 @@ use super::caller::Caller;
 use super::error::{ApiError, Body, ErrorBody};
 use super::keys::Scope;
 use crate::auth::{JwtKey, unix_now};
-use crate::shared::Shared;
+use crate::gateway_state::Shared;
 
 /// Longest lifetime of a minted token.
 const MAX_TTL_SECONDS: u64 = 24 * 3600;

@@ -10,9 +10,9 @@ use zps_protocol::{Ack, ClientMessage, CloseCode, ErrorCode, Ping, Ready, Server
 use super::{Conn, Next};
 use crate::auth::{AuthAction, TokenError};
 use crate::frames::{Outbound, ReplayOut};
-use crate::lane::{Pending, PublishLane};
-use crate::pipe::Disconnected;
+use crate::publish_queue::{Pending, PublishLane};
 use crate::session::{Failure, Refusal};
+use crate::writer::Disconnected;
 
 impl Conn {
     pub(super) async fn dispatch(&mut self, msg: ClientMessage) -> Result<Next, Disconnected> {

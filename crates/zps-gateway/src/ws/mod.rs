@@ -22,12 +22,12 @@ use deadlines::Deadlines;
 use crate::auth::unix_now;
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound, control};
+use crate::gateway_state::{ConnSlot, Shared};
 use crate::http::origin_allowed;
-use crate::lane::PublishLane;
 use crate::outbox::Signal;
-use crate::pipe::{Disconnected, Pipe, WsWriter, close_frame};
+use crate::publish_queue::PublishLane;
 use crate::session::{Failure, Refusal, Session};
-use crate::shared::{ConnSlot, Shared};
+use crate::writer::{Disconnected, Pipe, WsWriter, close_frame};
 
 /// How long before `exp` a `token_expiring` notice is sent.
 const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
@@ -442,7 +442,7 @@ impl Conn {
         if let Some(next) = self.rate_limit(Some(text.as_str())).await? {
             return Ok(next);
         }
-        crate::hot::hot().received();
+        crate::frame_counters::counters().received();
         let parsed = match parse_client(text.as_str()) {
             Ok(m) => m,
             Err(e) => {

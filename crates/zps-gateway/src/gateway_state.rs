@@ -14,8 +14,8 @@ use zps_protocol::CloseCode;
 use crate::auth::JwtVerifier;
 use crate::config::GatewayConfig;
 use crate::conn::ConnShared;
-use crate::hub::Hubs;
 use crate::replay::ReplayCache;
+use crate::room_hub::Hubs;
 
 pub(crate) struct Shared {
     pub(crate) engine: Realtime,

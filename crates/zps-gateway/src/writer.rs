@@ -120,7 +120,7 @@ impl<W: Writer> Pipe<W> {
     /// Writes an item directly (not through the queue); it reaches the peer
     /// with the next flush.
     pub(crate) async fn write(&mut self, out: Outbound) -> Result<(), Disconnected> {
-        crate::hot::hot().sent(1);
+        crate::frame_counters::counters().sent(1);
         let stall = self.writer.stall();
         within(stall, self.writer.write(out)).await
     }
@@ -145,7 +145,7 @@ impl<W: Writer> Pipe<W> {
         };
         let result = within(stall, batch).await;
         self.unsettled += bytes;
-        crate::hot::hot().sent(frames);
+        crate::frame_counters::counters().sent(frames);
         // A buffer that grew for a burst does not keep its memory while idle.
         if self.taken.capacity() > 256 {
             self.taken = VecDeque::new();

@@ -22,7 +22,7 @@ static HOT: Hot = Hot {
 /// What [`export`] already handed over, per series.
 static EXPORTED: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
-pub(crate) fn hot() -> &'static Hot {
+pub(crate) fn counters() -> &'static Hot {
     &HOT
 }
 

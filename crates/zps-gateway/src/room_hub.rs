@@ -86,7 +86,7 @@ impl Hub {
         for m in members.iter() {
             m.push_event(&frame, room, hash, self.wild);
         }
-        crate::hot::hot().fanout();
+        crate::frame_counters::counters().fanout();
     }
 
     fn discontinuity(&self, d: &Discontinuity) {
