@@ -114,25 +114,7 @@ impl Transport for FaultyTransport {
         c
     }
 
-    fn snapshots(&self) -> Option<&dyn SnapshotStore> {
-        Some(self)
-    }
-
-    fn dead_letters(&self) -> Option<&dyn DeadLetterStore> {
-        Some(self)
-    }
-
-    fn ephemeral(&self) -> Option<&dyn EphemeralBus> {
-        Some(self)
-    }
-
-    fn presence(&self) -> Option<&dyn PresenceStore> {
-        Some(self)
-    }
-
-    fn retention(&self) -> Option<&dyn Retention> {
-        Some(self)
-    }
+    zps_core::offer_every_capability!();
     async fn publish(&self, event: NewEvent) -> Result<PublishOutcome> {
         self.inner.publish(event).await
     }

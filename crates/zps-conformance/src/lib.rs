@@ -108,6 +108,24 @@ pub async fn offered<T: std::fmt::Debug>(
     }
 }
 
+/// [`offered`] for the dead-letter cases.
+pub async fn offers_dead_letters(rt: &Realtime) -> bool {
+    offered(
+        rt.transport().dead_letters().is_some(),
+        rt.dlq(unique_room("chat")).len(),
+    )
+    .await
+}
+
+/// [`offered`] for the presence cases.
+pub async fn offers_presence(rt: &Realtime) -> bool {
+    offered(
+        rt.transport().presence().is_some(),
+        rt.presence(unique_room("chat")).members(),
+    )
+    .await
+}
+
 /// An engine over a new connection of the fixture.
 pub async fn engine(fixture: &dyn Fixture) -> Realtime {
     Realtime::new(fixture.connect().await)

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde_json::json;
 use zps_core::{Metadata, PresenceMember, ReplayQuery};
 
-use crate::{Fixture, engine, offered, take_stream, unique_room};
+use crate::{Fixture, engine, offered, offers_presence, take_stream, unique_room};
 
 fn meta(name: &str) -> Option<Metadata> {
     json!({ "name": name }).as_object().cloned()
@@ -33,12 +33,7 @@ fn shown(members: &[PresenceMember]) -> Vec<(&str, Option<&Metadata>)> {
 /// last leaving removes the member, and a later enter starts without it.
 pub async fn presence_metadata_survives_heartbeats_and_extra_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
-    if !offered(
-        rt.transport().presence().is_some(),
-        rt.presence(unique_room("chat")).members(),
-    )
-    .await
-    {
+    if !offers_presence(&rt).await {
         return;
     }
     let chat = unique_room("chat");
@@ -98,12 +93,7 @@ pub async fn presence_metadata_survives_heartbeats_and_extra_connections(f: Arc<
 /// all its connections: heartbeats of the others and their leaving keep the newest.
 pub async fn presence_latest_metadata_wins_across_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
-    if !offered(
-        rt.transport().presence().is_some(),
-        rt.presence(unique_room("chat")).members(),
-    )
-    .await
-    {
+    if !offers_presence(&rt).await {
         return;
     }
     let chat = unique_room("chat");
@@ -184,12 +174,7 @@ pub async fn ephemeral_events_fan_out_and_are_not_stored(f: Arc<dyn Fixture>) {
 /// One member per user; leaves when the last connection goes; joins/leaves announced.
 pub async fn presence_tracks_users_across_connections(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
-    if !offered(
-        rt.transport().presence().is_some(),
-        rt.presence(unique_room("chat")).members(),
-    )
-    .await
-    {
+    if !offers_presence(&rt).await {
         return;
     }
     let chat = unique_room("chat");

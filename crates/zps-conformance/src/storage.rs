@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
-use zps_core::{Error, NewDlqEntry, ReplayQuery, RetryPolicy, Room, SubscribeOptions, Timestamp};
+use zps_core::{Error, NewDlqEntry, Realtime, ReplayQuery, RetryPolicy, Room, SubscribeOptions, Timestamp};
 
 use crate::cases::req;
-use crate::{Fixture, WAIT, engine, next_event, offered, take_stream, unique_room, unique_scope};
+use crate::{
+    Fixture, WAIT, engine, next_event, offered, offers_dead_letters, take_stream, unique_room, unique_scope,
+};
 
 /// Cursors only move forward and are per (room, subscriber).
 pub async fn ack_never_moves_backwards(f: Arc<dyn Fixture>) {
@@ -66,12 +68,7 @@ pub async fn snapshots_store_and_replace(f: Arc<dyn Fixture>) {
 /// Dead letters: write, list in order, page, count, remove.
 pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
-    if !offered(
-        rt.transport().dead_letters().is_some(),
-        rt.dlq(unique_room("chat")).len(),
-    )
-    .await
-    {
+    if !offers_dead_letters(&rt).await {
         return;
     }
     let chat = unique_room("chat");
@@ -115,36 +112,10 @@ pub async fn dead_letter_queue_lists_pages_and_removes(f: Arc<dyn Fixture>) {
     rt.close().await.unwrap();
 }
 
-/// The index of dead-letter queues: rooms with dead letters under a prefix, in
-/// name order, paged, with their sizes; a queue emptied leaves the index.
-pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fixture>) {
-    let rt = engine(&*f).await;
-    if !offered(rt.transport().dead_letters().is_some(), rt.dlq_rooms("", None, 1)).await {
-        return;
-    }
-    let scope = unique_scope("dlqidx");
-    let room = |name: &str| Room::new(&scope, name).unwrap_or_else(|e| panic!("room: {e}"));
-    let (a, b, c) = (room("a"), room("b"), room("c"));
-    let prefix = format!("{scope}:");
-    for (target, n) in [(&b, 2), (&a, 1), (&c, 3)] {
-        let e = rt.publish(req(target, "t", json!({}))).await.unwrap();
-        for _ in 0..n {
-            rt.dlq(target.clone())
-                .write(NewDlqEntry {
-                    event: (*e).clone(),
-                    error: "boom".into(),
-                    attempts: 1,
-                    subscriber_id: None,
-                    failed_at: Timestamp::now(),
-                })
-                .await
-                .unwrap();
-        }
-    }
-    // A room outside the prefix and a room with events but no dead letters stay out.
-    let outside = unique_room("dlqidx-other");
-    let e = rt.publish(req(&outside, "t", json!({}))).await.unwrap();
-    rt.dlq(outside.clone())
+/// Publishes an event to `room` and parks it in the room's dead-letter queue.
+async fn park(rt: &Realtime, room: &Room) {
+    let e = rt.publish(req(room, "t", json!({}))).await.unwrap();
+    rt.dlq(room.clone())
         .write(NewDlqEntry {
             event: (*e).clone(),
             error: "boom".into(),
@@ -154,6 +125,27 @@ pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fix
         })
         .await
         .unwrap();
+}
+
+/// The index of dead-letter queues: rooms with dead letters under a prefix, in
+/// name order, paged, with their sizes; a queue emptied leaves the index.
+pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fixture>) {
+    let rt = engine(&*f).await;
+    if !offers_dead_letters(&rt).await {
+        return;
+    }
+    let scope = unique_scope("dlqidx");
+    let room = |name: &str| Room::new(&scope, name).unwrap_or_else(|e| panic!("room: {e}"));
+    let (a, b, c) = (room("a"), room("b"), room("c"));
+    let prefix = format!("{scope}:");
+    for (target, n) in [(&b, 2), (&a, 1), (&c, 3)] {
+        for _ in 0..n {
+            park(&rt, target).await;
+        }
+    }
+    // A room outside the prefix and a room with events but no dead letters stay out.
+    let outside = unique_room("dlqidx-other");
+    park(&rt, &outside).await;
     rt.publish(req(&room("quiet"), "t", json!({}))).await.unwrap();
     let rows = |v: Vec<zps_core::DlqRoom>| v.into_iter().map(|r| (r.room, r.len)).collect::<Vec<_>>();
     assert_eq!(
@@ -182,12 +174,7 @@ pub async fn dead_letter_rooms_are_listed_by_prefix_in_name_order(f: Arc<dyn Fix
 /// moves the cursor past both.
 pub async fn failing_handler_retries_then_dead_letters(f: Arc<dyn Fixture>) {
     let rt = engine(&*f).await;
-    if !offered(
-        rt.transport().dead_letters().is_some(),
-        rt.dlq(unique_room("chat")).len(),
-    )
-    .await
-    {
+    if !offers_dead_letters(&rt).await {
         return;
     }
     let chat = unique_room("chat");

@@ -311,6 +311,36 @@ pub trait Transport: Send + Sync + 'static {
     async fn close(&self) -> Result<()>;
 }
 
+/// Writes, inside an `impl Transport`, every capability accessor as
+/// `Some(self)`: for a provider that implements all five capability traits.
+///
+/// ```ignore
+/// impl Transport for MyTransport {
+///     zps_core::offer_every_capability!();
+///     // … the core methods …
+/// }
+/// ```
+#[macro_export]
+macro_rules! offer_every_capability {
+    () => {
+        fn snapshots(&self) -> Option<&dyn $crate::transport::SnapshotStore> {
+            Some(self)
+        }
+        fn dead_letters(&self) -> Option<&dyn $crate::transport::DeadLetterStore> {
+            Some(self)
+        }
+        fn ephemeral(&self) -> Option<&dyn $crate::transport::EphemeralBus> {
+            Some(self)
+        }
+        fn presence(&self) -> Option<&dyn $crate::transport::PresenceStore> {
+            Some(self)
+        }
+        fn retention(&self) -> Option<&dyn $crate::transport::Retention> {
+            Some(self)
+        }
+    };
+}
+
 impl dyn Transport {
     /// The snapshot store, or `Unsupported` naming the provider.
     pub fn require_snapshots(&self) -> Result<&dyn SnapshotStore> {
