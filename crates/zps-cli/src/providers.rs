@@ -62,6 +62,25 @@ async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Re
     Ok(Arc::new(t))
 }
 
+/// The NATS settings for this run.
+pub(crate) fn nats_config(s: &ProviderSettings) -> zps_nats::NatsConfig {
+    let mut config = zps_nats::NatsConfig::default();
+    if let Some(prefix) = &s.nats_prefix {
+        config.prefix = prefix.clone();
+    }
+    if let Some(replicas) = s.nats_replicas {
+        config.replicas = replicas;
+    }
+    config
+}
+
+async fn nats(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
+    let t = zps_nats::NatsTransport::connect(url, nats_config(s))
+        .await
+        .with_context(|| format!("cannot use NATS JetStream at {}", redact(url)))?;
+    Ok(Arc::new(t))
+}
+
 async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     let config = zps_mongo::MongoConfig {
         auto_create_indexes: s.auto_migrate,
@@ -108,6 +127,7 @@ async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::
         ProviderKind::Postgres => postgres(url, s).await,
         ProviderKind::Mongo => mongo(url, s).await,
         ProviderKind::Redis => redis(url, s, false).await,
+        ProviderKind::Nats => nats(url, s).await,
         other => bail!(
             "the `{}` provider ({}) is not available in this build yet",
             other.as_str(),

@@ -25,6 +25,8 @@ pub(crate) enum ProviderKind {
     Hybrid,
     /// One SQLite file: durable, one node, no server to run.
     Sqlite,
+    /// NATS JetStream: a replicated log with its own clustering.
+    Nats,
 }
 
 impl ProviderKind {
@@ -37,6 +39,7 @@ impl ProviderKind {
             Self::Redis => "redis",
             Self::Hybrid => "hybrid",
             Self::Sqlite => "sqlite",
+            Self::Nats => "nats",
         }
     }
 }
@@ -57,7 +60,7 @@ pub(crate) struct ProviderArgs {
     /// Where events are stored and fanned out [default: memory].
     #[arg(long, env = "ZERO_PUBSUB_PROVIDER", value_enum, help_heading = "Provider")]
     pub(crate) provider: Option<ProviderKind>,
-    /// Provider connection URL (postgres://, redis://, mongodb://, sqlite://PATH).
+    /// Provider connection URL (postgres://, redis://, mongodb://, nats://, sqlite://PATH).
     #[arg(
         long,
         env = "ZERO_PUBSUB_CONNECTION",
@@ -100,6 +103,12 @@ pub(crate) struct ProviderArgs {
     /// Redis: prefix of every key and channel [default: realtime:].
     #[arg(long, env = "ZERO_PUBSUB_REDIS_PREFIX", help_heading = "Provider")]
     pub(crate) redis_prefix: Option<String>,
+    /// NATS: prefix of every stream and subject, `[A-Za-z0-9_-]` [default: zps].
+    #[arg(long, env = "ZERO_PUBSUB_NATS_PREFIX", help_heading = "Provider")]
+    pub(crate) nats_prefix: Option<String>,
+    /// NATS: replicas of every stream (3 or 5 on a JetStream cluster) [default: 1].
+    #[arg(long, env = "ZERO_PUBSUB_NATS_REPLICAS", help_heading = "Provider")]
+    pub(crate) nats_replicas: Option<usize>,
     /// PostgreSQL: schema holding the tables [default: the connection's search_path].
     #[arg(long, env = "ZERO_PUBSUB_POSTGRES_SCHEMA", help_heading = "Provider")]
     pub(crate) postgres_schema: Option<String>,
@@ -396,6 +405,8 @@ pub(crate) struct FileSettings {
     realtime_connection: Option<String>,
     postgres_schema: Option<String>,
     redis_prefix: Option<String>,
+    nats_prefix: Option<String>,
+    nats_replicas: Option<usize>,
     auto_migrate: Option<bool>,
     ca_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -458,6 +469,10 @@ pub(crate) struct ProviderSettings {
     pub(crate) postgres_schema: Option<String>,
     /// Redis key prefix.
     pub(crate) redis_prefix: Option<String>,
+    /// NATS stream and subject prefix.
+    pub(crate) nats_prefix: Option<String>,
+    /// NATS stream replicas.
+    pub(crate) nats_replicas: Option<usize>,
     /// Create tables/indexes at start (None = provider default).
     pub(crate) auto_migrate: Option<bool>,
     /// Extra root CA for outgoing TLS.
@@ -494,6 +509,8 @@ impl ProviderSettings {
             realtime_connection: a.realtime_connection,
             postgres_schema: a.postgres_schema,
             redis_prefix: a.redis_prefix,
+            nats_prefix: a.nats_prefix,
+            nats_replicas: a.nats_replicas,
             auto_migrate: a.auto_migrate,
             ca_file: a.ca_file,
             data_dir: a.data_dir,
@@ -648,6 +665,8 @@ impl Settings {
                 realtime_connection: pick_provider!(realtime_connection),
                 postgres_schema: pick_provider!(postgres_schema),
                 redis_prefix: pick_provider!(redis_prefix),
+                nats_prefix: pick_provider!(nats_prefix),
+                nats_replicas: pick_provider!(nats_replicas),
                 auto_migrate: pick_provider!(auto_migrate),
                 ca_file: pick_provider!(ca_file),
                 data_dir: pick_provider!(data_dir),

@@ -1,7 +1,7 @@
 //! Two gateway processes sharing one provider: clients on node A and node B
 //! subscribe to the same room while publishers on both nodes publish; every
-//! subscriber sees 1..=N exactly once, in order. Redis, and hybrid
-//! (PostgreSQL storage + Redis fan-out).
+//! subscriber sees 1..=N exactly once, in order. Redis, NATS JetStream, and
+//! hybrid (PostgreSQL storage + Redis fan-out).
 
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{Gateway as Node, pg_url, ready, recv, redis_url, start_gateway};
+use support::{Gateway as Node, nats_url, pg_url, ready, recv, redis_url, start_gateway};
 
 fn start(args: &[&str]) -> Node {
     let mut all = vec!["--allow-client-publish", "--max-messages-per-window", "100000"];
@@ -132,4 +132,16 @@ async fn two_gateways_on_hybrid_postgres_and_redis() {
         .unwrap();
     pool.close().await;
     delete_redis_keys(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_nats() {
+    let prefix = format!("zps_cli_multi_{}", std::process::id());
+    let nats = nats_url();
+    let args = ["--provider", "nats", "--connection", &nats, "--nats-prefix", &prefix];
+    let (a, b) = (start(&args), start(&args));
+    two_nodes_one_room(&a, &b).await;
+    drop((a, b));
+    let client = zps_nats::async_nats::connect(&nats).await.unwrap();
+    zps_nats::delete_prefix(&client, &prefix).await.unwrap();
 }

@@ -65,7 +65,12 @@ impl NatsConfig {
     /// Refuses settings the server would refuse later, with a clearer message.
     pub fn validate(&self) -> Result<(), NatsError> {
         let p = &self.prefix;
-        if p.is_empty() || p.len() > 32 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if p.is_empty()
+            || p.len() > 32
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Err(NatsError::InvalidConfig(format!(
                 "prefix `{p}` must be 1–32 characters of [A-Za-z0-9_-]"
             )));
@@ -77,7 +82,9 @@ impl NatsConfig {
             )));
         }
         if self.max_publish_attempts == 0 {
-            return Err(NatsError::InvalidConfig("max_publish_attempts must be at least 1".into()));
+            return Err(NatsError::InvalidConfig(
+                "max_publish_attempts must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -30,8 +30,8 @@ mod error;
 mod subject;
 mod transport;
 
-pub use config::NatsConfig;
-pub use error::NatsError;
 /// The NATS client library this crate is built on.
 pub use async_nats;
+pub use config::NatsConfig;
+pub use error::NatsError;
 pub use transport::{NatsTransport, delete_prefix};

@@ -128,7 +128,12 @@ impl Subjects {
 
     /// `{prefix}.cur.{scope}.{resource}.{subscriber}`: a subscriber's cursor.
     pub(crate) fn cursor(&self, room: &Room, subscriber_id: &str) -> String {
-        format!("{}.cur.{}.{}", self.prefix, room_tokens(room), encode_token(subscriber_id))
+        format!(
+            "{}.cur.{}.{}",
+            self.prefix,
+            room_tokens(room),
+            encode_token(subscriber_id)
+        )
     }
 
     /// `{prefix}.snap.{scope}.{resource}`: a room's snapshot.
@@ -138,7 +143,10 @@ impl Subjects {
 
     /// The subjects of the state stream (cursors and snapshots).
     pub(crate) fn all_state(&self) -> Vec<String> {
-        vec![format!("{}.cur.>", self.prefix), format!("{}.snap.>", self.prefix)]
+        vec![
+            format!("{}.cur.>", self.prefix),
+            format!("{}.snap.>", self.prefix),
+        ]
     }
 
     /// `{prefix}.id.{scope}.{resource}.{id}`: the durable record of an event id.
@@ -192,7 +200,17 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_are_subject_safe() {
-        for part in ["lobby", "a.b c", "*", ">", "ünï", "=3A", "x/y:z", "tab\tnot-allowed-anyway", ""] {
+        for part in [
+            "lobby",
+            "a.b c",
+            "*",
+            ">",
+            "ünï",
+            "=3A",
+            "x/y:z",
+            "tab\tnot-allowed-anyway",
+            "",
+        ] {
             let token = encode_token(part);
             assert!(
                 token
@@ -212,7 +230,10 @@ mod tests {
         assert_eq!(s.event(&room), "zps.ev.chat.a=2Eb");
         assert_eq!(s.dead_letter_room("zps.ev.chat.a=2Eb"), None);
         assert_eq!(s.dead_letter_room("zps.dlq.chat.a.b"), None);
-        assert_eq!(s.ephemeral_filter(&RoomPattern::parse("chat:*").unwrap()), "zps.eph.chat.*");
+        assert_eq!(
+            s.ephemeral_filter(&RoomPattern::parse("chat:*").unwrap()),
+            "zps.eph.chat.*"
+        );
         assert_eq!(s.dead_letter_room(&s.dead_letter(&room)), Some(room.clone()));
         let subject = format!("{}.u1.c1", s.presence_room(&room));
         let (r, rest) = s.presence_parts(&subject).unwrap();

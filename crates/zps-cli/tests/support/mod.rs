@@ -34,6 +34,11 @@ pub(crate) fn redis_url() -> String {
     std::env::var("ZPS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The NATS (with JetStream) the tests use.
+pub(crate) fn nats_url() -> String {
+    std::env::var("ZPS_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
 /// A running gateway process (killed when dropped) and its WebSocket URL.
 pub(crate) struct Gateway {
     pub(crate) child: Child,

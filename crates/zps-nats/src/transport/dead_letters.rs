@@ -147,7 +147,12 @@ impl DeadLetterStore for NatsTransport {
         Ok(counts.get(&subject).map_or(0, |n| *n as u64))
     }
 
-    async fn dlq_rooms(&self, prefix: &str, after: Option<&Room>, limit: usize) -> zps_core::Result<Vec<DlqRoom>> {
+    async fn dlq_rooms(
+        &self,
+        prefix: &str,
+        after: Option<&Room>,
+        limit: usize,
+    ) -> zps_core::Result<Vec<DlqRoom>> {
         self.check_open()?;
         let counts = self
             .dead_letter_counts(&self.inner.subjects.all_dead_letters())
@@ -159,7 +164,9 @@ impl DeadLetterStore for NatsTransport {
                 let room = self.inner.subjects.dead_letter_room(&subject)?;
                 Some(DlqRoom { room, len: n as u64 })
             })
-            .filter(|r| r.room.as_str().starts_with(prefix) && after.is_none_or(|a| r.room.as_str() > a.as_str()))
+            .filter(|r| {
+                r.room.as_str().starts_with(prefix) && after.is_none_or(|a| r.room.as_str() > a.as_str())
+            })
             .collect();
         // Subjects sort by their encoding; the index promises the rooms' byte order.
         rooms.sort_by(|a, b| a.room.as_str().cmp(b.room.as_str()));

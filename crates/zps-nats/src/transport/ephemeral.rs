@@ -14,8 +14,9 @@ use crate::error::NatsError;
 impl EphemeralBus for NatsTransport {
     async fn publish_ephemeral(&self, event: Arc<EphemeralEvent>) -> zps_core::Result<()> {
         self.check_open()?;
-        let json = serde_json::to_vec(&*event)
-            .map_err(|e| zps_core::Error::InvalidEvent(format!("ephemeral event is not serializable: {e}")))?;
+        let json = serde_json::to_vec(&*event).map_err(|e| {
+            zps_core::Error::InvalidEvent(format!("ephemeral event is not serializable: {e}"))
+        })?;
         self.inner
             .client
             .publish(self.inner.subjects.ephemeral(&event.room), json.into())

@@ -73,7 +73,9 @@ async fn run_live(inner: std::sync::Weak<Inner>, mut messages: push::Ordered, mu
                     }
                     match decode_envelope(&msg.payload) {
                         Ok(envelope) => route(&inner, envelope),
-                        Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "nats: skipping an undecodable event"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, subject = %msg.subject, "nats: skipping an undecodable event")
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "nats: live consumer error; it recovers by itself"),

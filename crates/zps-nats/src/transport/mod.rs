@@ -128,7 +128,10 @@ impl NatsTransport {
             Err(_) => {
                 return Err(NatsError::Request {
                     op: "connect",
-                    message: format!("no server at {target} answered within {:?}", config.connect_timeout),
+                    message: format!(
+                        "no server at {target} answered within {:?}",
+                        config.connect_timeout
+                    ),
                     unavailable: true,
                 });
             }
@@ -189,16 +192,21 @@ impl NatsTransport {
             },
         )
         .await?;
-        let record_stream = |name: String, subjects: Vec<String>, max_age: Option<std::time::Duration>| stream::Config {
-            name,
-            subjects,
-            storage,
-            num_replicas: config.replicas,
-            max_messages_per_subject: 1,
-            max_age: max_age.unwrap_or_default(),
-            ..Default::default()
-        };
-        let state = ensure_stream(&js, record_stream(config.state_stream(), subjects.all_state(), None)).await?;
+        let record_stream =
+            |name: String, subjects: Vec<String>, max_age: Option<std::time::Duration>| stream::Config {
+                name,
+                subjects,
+                storage,
+                num_replicas: config.replicas,
+                max_messages_per_subject: 1,
+                max_age: max_age.unwrap_or_default(),
+                ..Default::default()
+            };
+        let state = ensure_stream(
+            &js,
+            record_stream(config.state_stream(), subjects.all_state(), None),
+        )
+        .await?;
         let ids = ensure_stream(
             &js,
             record_stream(config.id_stream(), vec![subjects.all_ids()], config.id_retention),

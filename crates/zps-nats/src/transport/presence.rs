@@ -50,7 +50,11 @@ impl UserState {
 
 impl NatsTransport {
     fn user_prefix(&self, room: &Room, user_id: &str) -> String {
-        format!("{}.{}", self.inner.subjects.presence_room(room), encode_token(user_id))
+        format!(
+            "{}.{}",
+            self.inner.subjects.presence_room(room),
+            encode_token(user_id)
+        )
     }
 
     /// Every record under `filter`, grouped by room and user.
@@ -83,7 +87,9 @@ impl NatsTransport {
                 [_, "c", conn] => {
                     let record: ConnectionRecord = serde_json::from_slice(&msg.payload)
                         .map_err(|e| NatsError::Decode(format!("presence connection: {e}")))?;
-                    state.connections.insert((*conn).to_owned(), (subject.clone(), record));
+                    state
+                        .connections
+                        .insert((*conn).to_owned(), (subject.clone(), record));
                 }
                 [_, "m"] => {
                     let record: MemberRecord = serde_json::from_slice(&msg.payload)
@@ -195,9 +201,7 @@ impl PresenceStore for NatsTransport {
     async fn presence_sweep(&self) -> zps_core::Result<Vec<(Room, String)>> {
         self.check_open()?;
         let now = Timestamp::now();
-        let records = self
-            .presence_records(&self.inner.subjects.all_presence())
-            .await?;
+        let records = self.presence_records(&self.inner.subjects.all_presence()).await?;
         let mut left = Vec::new();
         for ((room, user), state) in records {
             let expired: Vec<&String> = state

@@ -149,7 +149,12 @@ impl NatsTransport {
     }
 
     /// Up to `count` events of `subject` from stream position `start` on.
-    async fn read_from(&self, subject: &str, start: StreamMessage, count: usize) -> NatsResult<Vec<StreamMessage>> {
+    async fn read_from(
+        &self,
+        subject: &str,
+        start: StreamMessage,
+        count: usize,
+    ) -> NatsResult<Vec<StreamMessage>> {
         let mut out = Vec::with_capacity(count);
         if count <= DIRECT_READ_MAX {
             let mut next = Some(start);

@@ -58,7 +58,12 @@ impl NatsTransport {
     }
 
     /// Removes every record of `subject`.
-    pub(super) async fn purge_subject(&self, stream: &stream::Stream, subject: &str, op: &'static str) -> NatsResult<()> {
+    pub(super) async fn purge_subject(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        op: &'static str,
+    ) -> NatsResult<()> {
         stream
             .purge()
             .filter(subject)

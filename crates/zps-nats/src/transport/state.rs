@@ -20,10 +20,17 @@ fn parse_cursor(subject: &str, bytes: &[u8]) -> NatsResult<u64> {
 
 impl NatsTransport {
     /// Moves the cursor forward only: a compare-and-set on the record's stream position.
-    pub(super) async fn advance_cursor(&self, room: &Room, subscriber_id: &str, sequence: u64) -> NatsResult<u64> {
+    pub(super) async fn advance_cursor(
+        &self,
+        room: &Room,
+        subscriber_id: &str,
+        sequence: u64,
+    ) -> NatsResult<u64> {
         let subject = self.inner.subjects.cursor(room, subscriber_id);
         for _ in 0..MAX_CURSOR_ROUNDS {
-            let current = self.last_record(&self.inner.state, &subject, "cursor read").await?;
+            let current = self
+                .last_record(&self.inner.state, &subject, "cursor read")
+                .await?;
             let expected = match &current {
                 Some(msg) => {
                     let stored = parse_cursor(&subject, &msg.payload)?;
@@ -52,8 +59,12 @@ impl NatsTransport {
     /// The stored cursor.
     pub(super) async fn read_cursor(&self, room: &Room, subscriber_id: &str) -> NatsResult<Option<u64>> {
         let subject = self.inner.subjects.cursor(room, subscriber_id);
-        let current = self.last_record(&self.inner.state, &subject, "cursor read").await?;
-        current.map(|msg| parse_cursor(&subject, &msg.payload)).transpose()
+        let current = self
+            .last_record(&self.inner.state, &subject, "cursor read")
+            .await?;
+        current
+            .map(|msg| parse_cursor(&subject, &msg.payload))
+            .transpose()
     }
 }
 
@@ -72,10 +83,14 @@ impl SnapshotStore for NatsTransport {
     async fn get_snapshot(&self, room: &Room) -> zps_core::Result<Option<Snapshot>> {
         self.check_open()?;
         let subject = self.inner.subjects.snapshot(room);
-        let Some(msg) = self.last_record(&self.inner.state, &subject, "snapshot read").await? else {
+        let Some(msg) = self
+            .last_record(&self.inner.state, &subject, "snapshot read")
+            .await?
+        else {
             return Ok(None);
         };
-        let snapshot = serde_json::from_slice(&msg.payload).map_err(|e| NatsError::Decode(format!("snapshot: {e}")))?;
+        let snapshot =
+            serde_json::from_slice(&msg.payload).map_err(|e| NatsError::Decode(format!("snapshot: {e}")))?;
         Ok(Some(snapshot))
     }
 }

@@ -80,7 +80,9 @@ impl NatsTransport {
                     *cached = None;
                     let unavailable = matches!(
                         e.kind(),
-                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::StreamNotFound
+                        PublishErrorKind::TimedOut
+                            | PublishErrorKind::BrokenPipe
+                            | PublishErrorKind::StreamNotFound
                     );
                     return Err(NatsError::request("publish", e, unavailable));
                 }
@@ -93,7 +95,11 @@ impl NatsTransport {
     }
 
     /// The original of an id the durable index already holds.
-    async fn indexed_original(&self, event: &NewEvent, id_subject: &str) -> NatsResult<Option<PublishOutcome>> {
+    async fn indexed_original(
+        &self,
+        event: &NewEvent,
+        id_subject: &str,
+    ) -> NatsResult<Option<PublishOutcome>> {
         let Some(record) = self.last_record(&self.inner.ids, id_subject, "id lookup").await? else {
             return Ok(None);
         };

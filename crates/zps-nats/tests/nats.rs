@@ -1,0 +1,208 @@
+//! What the NATS provider adds beyond the conformance suite: contention
+//! between processes, idempotency beyond the server's duplicate window, room
+//! names that are not subject-safe, locating positions in an interleaved
+//! stream, and epochs when the stream is recreated.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use zps_core::{
+    HealthStatus, LiveSignal, NewEvent, PublishRequest, Realtime, ReplayQuery, Room, RoomPattern, Timestamp,
+    Transport,
+};
+use zps_nats::{NatsTransport, async_nats};
+
+fn req(room: &Room, n: u64) -> PublishRequest {
+    PublishRequest::new(room.clone(), "t", &json!({ "n": n })).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_publishing_to_one_room_stay_gap_free() {
+    let (_prefix, config) = support::config();
+    let a = Arc::new(support::connect(config.clone()).await);
+    let b = Arc::new(support::connect(config).await);
+    let room = Room::parse("chat:contended").unwrap();
+    let per_task = 50u64;
+    let mut tasks = Vec::new();
+    for (t, transport) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            let rt = Realtime::new(transport);
+            let mut seqs = Vec::new();
+            for i in 0..per_task {
+                let r = req(&room, i).with_id(format!("t{t}-{i}"));
+                seqs.push(rt.publish(r).await.unwrap().sequence);
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let n = 4 * per_task;
+    assert_eq!(
+        all,
+        (1..=n).collect::<Vec<_>>(),
+        "every publish got its own sequence, none skipped"
+    );
+    let page = a
+        .replay(&ReplayQuery::new(room.clone(), 0).limit(1000))
+        .await
+        .unwrap();
+    let ids: HashSet<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(page.events.len() as u64, n);
+    assert_eq!(ids.len() as u64, n, "no event stored twice");
+    let conflicts = a.sequence_conflicts() + b.sequence_conflicts();
+    eprintln!("{conflicts} sequence conflicts for {n} publishes from two processes");
+    assert!(
+        conflicts > 0,
+        "two processes on one room must have contended at least once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_remembered_beyond_the_duplicate_window() {
+    let (_prefix, mut config) = support::config();
+    config.duplicate_window = Duration::from_millis(100);
+    let transport = Arc::new(support::connect(config).await);
+    let room = Room::parse("chat:idem").unwrap();
+    let event = |n| {
+        NewEvent::from_request(
+            req(&room, n).with_id("once"),
+            Duration::from_secs(60),
+            Timestamp::now(),
+        )
+        .unwrap()
+    };
+    let first = transport.publish(event(1)).await.unwrap();
+    assert!(!first.duplicate);
+    // Past the server's window, only the durable id record can know.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = transport.publish(event(2)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.envelope.sequence, first.envelope.sequence);
+    assert_eq!(
+        again.envelope.payload.get(),
+        r#"{"n":1}"#,
+        "the original, not the retry"
+    );
+    let page = transport.replay(&ReplayQuery::new(room, 0)).await.unwrap();
+    assert_eq!(page.events.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_names_that_are_not_subject_safe_round_trip() {
+    let (_prefix, config) = support::config();
+    let transport = Arc::new(support::connect(config).await);
+    let rt = Realtime::new(transport.clone());
+    let odd = [
+        Room::parse("my.scope:a.b c*>").unwrap(),
+        Room::parse("my.scope:ünï=3A/x").unwrap(),
+    ];
+    let other = Room::parse("myXscope:a.b c*>").unwrap();
+    let mut live = transport
+        .subscribe(&[RoomPattern::parse("my.scope:*").unwrap()])
+        .await
+        .unwrap();
+    for room in odd.iter().chain([&other]) {
+        rt.publish(req(room, 1)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .unwrap()
+        {
+            Some(LiveSignal::Event(e)) => seen.push(e.room.clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        odd.to_vec(),
+        "the wildcard matches its scope only, names intact"
+    );
+    for room in odd.iter().chain([&other]) {
+        let page = transport
+            .replay(&ReplayQuery::new(room.clone(), 0))
+            .await
+            .unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(&page.events[0].room, room);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_finds_any_position_in_an_interleaved_stream() {
+    let (_prefix, config) = support::config();
+    let transport = Arc::new(support::connect(config).await);
+    let rt = Realtime::new(transport.clone());
+    let rooms: Vec<Room> = (0..3)
+        .map(|i| Room::parse(&format!("chat:r{i}")).unwrap())
+        .collect();
+    // An irregular interleaving: room i gets i + 1 events per round.
+    let mut counts = [0u64; 3];
+    for round in 0..30u64 {
+        for (i, room) in rooms.iter().enumerate() {
+            for _ in 0..=i {
+                rt.publish(req(room, round)).await.unwrap();
+                counts[i] += 1;
+            }
+        }
+    }
+    for (i, room) in rooms.iter().enumerate() {
+        let last = counts[i];
+        for from in 0..=last {
+            // A short page (read event by event) and a long one (through a consumer).
+            for limit in [3usize, 40] {
+                let page = transport
+                    .replay(&ReplayQuery::new(room.clone(), from).limit(limit))
+                    .await
+                    .unwrap();
+                let want: Vec<u64> = (from + 1..=last).take(limit).collect();
+                let got: Vec<u64> = page.events.iter().map(|e| e.sequence).collect();
+                assert_eq!(got, want, "room {room} from {from} limit {limit}");
+                assert_eq!(page.exhausted, from + limit as u64 >= last);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_stream_is_a_new_epoch() {
+    let (prefix, config) = support::config();
+    let before = support::connect(config.clone()).await;
+    let room = Room::parse("chat:epoch").unwrap();
+    Realtime::new(Arc::new(before.clone()))
+        .publish(req(&room, 1))
+        .await
+        .unwrap();
+    let old = before.room_info(&room).await.unwrap();
+    assert_eq!(old.last_sequence, 1);
+    let client = async_nats::connect(&prefix.url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(config.events_stream())
+        .await
+        .unwrap();
+    let after: NatsTransport = support::connect(config).await;
+    let new = after.room_info(&room).await.unwrap();
+    assert_ne!(new.epoch, old.epoch, "a new history is a new epoch");
+    assert_eq!(new.last_sequence, 0);
+    assert_eq!(
+        before.health().await.status,
+        HealthStatus::Unhealthy,
+        "the old transport tells operators its epoch is gone"
+    );
+}
