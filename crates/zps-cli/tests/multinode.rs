@@ -138,7 +138,14 @@ async fn two_gateways_on_hybrid_postgres_and_redis() {
 async fn two_gateways_on_nats() {
     let prefix = format!("zps_cli_multi_{}", std::process::id());
     let nats = nats_url();
-    let args = ["--provider", "nats", "--connection", &nats, "--nats-prefix", &prefix];
+    let args = [
+        "--provider",
+        "nats",
+        "--connection",
+        &nats,
+        "--nats-prefix",
+        &prefix,
+    ];
     let (a, b) = (start(&args), start(&args));
     two_nodes_one_room(&a, &b).await;
     drop((a, b));

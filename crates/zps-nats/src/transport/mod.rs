@@ -121,7 +121,12 @@ impl NatsTransport {
             .request_timeout(Some(config.request_timeout))
             .retry_on_initial_connect()
             .name("zero-pub-sub");
-        let connecting = options.connect(urls);
+        let servers = urls
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| NatsError::InvalidConfig(format!("connection URL {target}: {e}")))?;
+        let connecting = options.connect(servers);
         let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
             Ok(Ok(client)) => client,
             Ok(Err(source)) => return Err(NatsError::Connect { target, source }),

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use zps_core::transport::MAX_REPLAY_LIMIT;
 use zps_core::{Envelope, ReplayPage, ReplayQuery, Room, RoomInfo, Timestamp};
 
-use super::{Head, NatsTransport};
+use super::NatsTransport;
 use crate::error::{NatsError, NatsResult};
 
 /// Header carrying an event's room sequence, so a probe need not parse the envelope.
@@ -62,17 +62,6 @@ impl NatsTransport {
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(NatsError::request("read", e, true)),
         }
-    }
-
-    /// The room's head as the stream holds it now.
-    pub(super) async fn read_head(&self, subject: &str) -> NatsResult<Head> {
-        Ok(match self.last_message(subject).await? {
-            Some(msg) => Head {
-                room_seq: room_seq(&msg)?,
-                stream_seq: msg.sequence,
-            },
-            None => Head::default(),
-        })
     }
 
     /// The event stored at a stream position.

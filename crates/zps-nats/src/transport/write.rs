@@ -1,5 +1,14 @@
-//! Publishing: the room's next sequence taken optimistically, with the
-//! server's expected-last-subject-sequence check as the referee.
+//! Publishing: the room's next sequence taken optimistically, refereed by
+//! the server twice over.
+//!
+//! Each attempt at sequence `n + 1` carries `Nats-Expected-Last-Subject-Sequence`
+//! (the stream position of event `n`) and `Nats-Msg-Id: {room}.{n + 1}`. The
+//! first refuses a publisher whose view of the room is stale; the second
+//! refuses a racing publisher whose attempt at the same sequence is still in
+//! flight — on a replicated stream the server checks the expected subject
+//! sequence against what is applied, not against proposals in flight, so two
+//! gateways could otherwise both win sequence `n + 1` (the three-node cluster
+//! test caught exactly that). The loser re-reads the head and tries `n + 2`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,91 +16,163 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use zps_core::{NewEvent, PublishOutcome};
+use zps_core::{Envelope, NewEvent, PublishOutcome};
 
-use super::read::SEQ_HEADER;
+use super::read::{SEQ_HEADER, decode_envelope, room_seq};
 use super::{Head, NatsTransport};
 use crate::error::{NatsError, NatsResult};
-use crate::subject::{encode_token, room_tokens};
+use crate::subject::room_tokens;
+
+/// How one attempt at a sequence ended.
+enum Attempt {
+    /// Stored under the attempted sequence, at this stream position when known.
+    Stored(Option<u64>),
+    /// An earlier attempt of this very event holds the sequence.
+    Ours(Envelope),
+    /// Another publisher holds it: re-read the head.
+    Lost,
+}
 
 impl NatsTransport {
     /// Stores `event` under its room's next sequence, or finds the original
     /// when its id was stored before.
     pub(super) async fn store(&self, event: NewEvent) -> NatsResult<PublishOutcome> {
-        let id_key = format!("{}.{}", room_tokens(&event.room), encode_token(&event.id));
         let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
+        let subject = self.inner.subjects.event(&event.room);
+        let slot = self.head_slot(&event.room);
+        // Publishes to one room from this process take turns: they never race each other.
+        let mut cached = slot.lock().await;
         if let Some(original) = self.indexed_original(&event, &id_subject).await? {
             return Ok(original);
         }
-        let subject = self.inner.subjects.event(&event.room);
-        let slot = self.head_slot(&event.room);
-        let mut cached = slot.lock().await;
         let attempts = self.inner.config.max_publish_attempts;
         for attempt in 0..attempts {
             let head = match *cached {
                 Some(head) => head,
-                None => self.read_head(&subject).await?,
-            };
-            let envelope = event.to_envelope(head.room_seq + 1);
-            let message = PublishMessage::build()
-                .payload(envelope.to_json().into())
-                .message_id(id_key.as_str())
-                .expected_last_subject_sequence(head.stream_seq)
-                .header(SEQ_HEADER, envelope.sequence.to_string().as_str());
-            let ack = match self.inner.js.send_publish(subject.clone(), message).await {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            match ack {
-                Ok(ack) if ack.duplicate => {
-                    // Stored before, inside the duplicate window (a retry, or a
-                    // concurrent publish of the same id elsewhere).
-                    *cached = None;
-                    drop(cached);
-                    let original = self.event_at(ack.sequence).await?;
-                    return Ok(PublishOutcome {
-                        envelope: Arc::new(original),
-                        duplicate: true,
-                    });
-                }
-                Ok(ack) => {
-                    *cached = Some(Head {
-                        room_seq: envelope.sequence,
-                        stream_seq: ack.sequence,
-                    });
-                    drop(cached);
-                    self.index_id(&id_subject, envelope.sequence).await;
-                    return Ok(PublishOutcome {
-                        envelope: Arc::new(envelope),
-                        duplicate: false,
-                    });
-                }
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    // Another publisher took this sequence: read the new head and try the next one.
-                    *cached = None;
-                    self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
-                    if attempt >= 4 {
-                        // Many writers on one room: spread the retries out a little.
-                        let pause = rand_jitter(attempt);
-                        tokio::time::sleep(pause).await;
+                None => match self.last_message(&subject).await? {
+                    None => Head::default(),
+                    Some(last) => {
+                        let stored = decode_envelope(&last.payload)?;
+                        if stored.id == event.id {
+                            // A retry of the room's newest event whose id record was never written.
+                            self.index_id(&id_subject, stored.sequence).await;
+                            return Ok(duplicate(stored));
+                        }
+                        Head {
+                            room_seq: room_seq(&last)?,
+                            stream_seq: last.sequence,
+                        }
                     }
-                }
-                Err(e) => {
-                    *cached = None;
-                    let unavailable = matches!(
-                        e.kind(),
-                        PublishErrorKind::TimedOut
-                            | PublishErrorKind::BrokenPipe
-                            | PublishErrorKind::StreamNotFound
-                    );
-                    return Err(NatsError::request("publish", e, unavailable));
-                }
+                },
+            };
+            match self
+                .try_sequence(&event, &subject, head, &mut cached, attempt)
+                .await
+            {
+                Err(NatsError::Contended { .. }) => continue,
+                done => return done,
             }
         }
         Err(NatsError::Contended {
             room: event.room.to_string(),
             attempts,
         })
+    }
+
+    /// One attempt at `head.room_seq + 1`. `Contended` means: lost, try again.
+    async fn try_sequence(
+        &self,
+        event: &NewEvent,
+        subject: &str,
+        head: Head,
+        cached: &mut Option<Head>,
+        attempt: usize,
+    ) -> NatsResult<PublishOutcome> {
+        let envelope = event.to_envelope(head.room_seq + 1);
+        let outcome = match self.attempt(subject, &envelope, head).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_unavailable() => {
+                // The answer was lost (timeout, leader change): find out whether it
+                // was stored before saying anything, so a retry cannot store it twice.
+                *cached = None;
+                match self.event_by_room_seq(&event.room, envelope.sequence).await? {
+                    Some(stored) if stored.id == event.id => Attempt::Stored(None),
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => {
+                *cached = None;
+                return Err(e);
+            }
+        };
+        match outcome {
+            Attempt::Stored(stream_seq) => {
+                *cached = stream_seq.map(|stream_seq| Head {
+                    room_seq: envelope.sequence,
+                    stream_seq,
+                });
+                let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
+                self.index_id(&id_subject, envelope.sequence).await;
+                Ok(PublishOutcome {
+                    envelope: Arc::new(envelope),
+                    duplicate: false,
+                })
+            }
+            Attempt::Ours(original) => {
+                *cached = None;
+                Ok(duplicate(original))
+            }
+            Attempt::Lost => {
+                *cached = None;
+                self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
+                if attempt >= 4 {
+                    // Many writers on one room: spread the retries out a little.
+                    let pause = rand_jitter(attempt);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(NatsError::Contended {
+                    room: event.room.to_string(),
+                    attempts: attempt + 1,
+                })
+            }
+        }
+    }
+
+    /// Sends one attempt and reads the server's verdict.
+    async fn attempt(&self, subject: &str, envelope: &Envelope, head: Head) -> NatsResult<Attempt> {
+        let claim = format!("{}.{}", room_tokens(&envelope.room), envelope.sequence);
+        let message = PublishMessage::build()
+            .payload(envelope.to_json().into())
+            .message_id(claim.as_str())
+            .expected_last_subject_sequence(head.stream_seq)
+            .header(SEQ_HEADER, envelope.sequence.to_string().as_str());
+        let ack = match self.inner.js.send_publish(subject.to_owned(), message).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) if ack.duplicate => {
+                // Someone claimed this sequence inside the duplicate window: us
+                // (an earlier attempt whose answer was lost) or a racing publisher.
+                let holder = self.event_at(ack.sequence).await?;
+                Ok(if holder.id == envelope.id {
+                    Attempt::Ours(holder)
+                } else {
+                    Attempt::Lost
+                })
+            }
+            Ok(ack) => Ok(Attempt::Stored(Some(ack.sequence))),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(Attempt::Lost),
+            Err(e) => {
+                let unavailable = matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut
+                        | PublishErrorKind::BrokenPipe
+                        | PublishErrorKind::StreamNotFound
+                );
+                Err(NatsError::request("publish", e, unavailable))
+            }
+        }
     }
 
     /// The original of an id the durable index already holds.
@@ -113,10 +194,7 @@ impl NatsTransport {
             // learns that nothing new was stored.
             None => event.to_envelope(sequence),
         };
-        Ok(Some(PublishOutcome {
-            envelope: Arc::new(envelope),
-            duplicate: true,
-        }))
+        Ok(Some(duplicate(envelope)))
     }
 
     /// Records the id beyond the server's duplicate window. A failure only
@@ -148,4 +226,11 @@ fn rand_jitter(attempt: usize) -> Duration {
         max_attempts: None,
     };
     backoff.delay(u32::try_from(attempt).unwrap_or(u32::MAX), &mut rand::rng())
+}
+
+fn duplicate(original: Envelope) -> PublishOutcome {
+    PublishOutcome {
+        envelope: Arc::new(original),
+        duplicate: true,
+    }
 }
