@@ -44,6 +44,15 @@ pub enum NatsError {
         /// Attempts made.
         attempts: usize,
     },
+    /// A publish whose answer was lost and whose result could not be read back:
+    /// the event may be stored. Retrying with the same id is safe.
+    #[error("room `{room}`: the publish may or may not have been stored ({message}); retry with the same id")]
+    OutcomeUnknown {
+        /// The room.
+        room: String,
+        /// What failed.
+        message: String,
+    },
     /// Stored data could not be decoded.
     #[error("unexpected data in nats: {0}")]
     Decode(String),
@@ -62,7 +71,7 @@ impl NatsError {
     /// Whether retrying later may succeed.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Contended { .. } => true,
+            Self::Connect { .. } | Self::Contended { .. } | Self::OutcomeUnknown { .. } => true,
             Self::Request { unavailable, .. } => *unavailable,
             _ => false,
         }

@@ -6,12 +6,16 @@
 //!   envelope's JSON with its room sequence in the `Zps-Seq` header.
 //! * **Sequencing**: optimistic. A publisher writes sequence `n + 1` with
 //!   `Nats-Expected-Last-Subject-Sequence` set to the stream position of the
-//!   room's event `n`; when another publisher took it first the server refuses,
-//!   the publisher re-reads the room's head and tries again. Publishes to one
+//!   room's event `n` and `Nats-Msg-Id: {room}.{n + 1}` (the server checks the
+//!   first against applied state only, the second also against attempts in
+//!   flight); when another publisher took it first the server refuses, the
+//!   publisher re-reads the room's head and tries again. Publishes to one
 //!   room from one process wait for each other, so contention only arises
 //!   between processes. Sequences stay gap-free under any number of gateways.
-//! * **Idempotency**: `Nats-Msg-Id` (room + event id) inside the server's
-//!   duplicate window, and the `{prefix}_ids` stream (one record per id) beyond it.
+//! * **Idempotency**: the `{prefix}_ids` stream holds one record per (room,
+//!   event id), claimed before the event is stored and finished with its
+//!   sequence after; a second publisher of the id waits for it and answers
+//!   with the original.
 //! * **Replay**: the room's position in the stream is found by bisection over
 //!   stream sequences, then a short-lived consumer filtered to the room's
 //!   subject reads the page.

@@ -206,3 +206,80 @@ async fn a_recreated_stream_is_a_new_epoch() {
         "the old transport tells operators its epoch is gone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_id_published_at_once_through_two_processes_is_stored_once() {
+    let (_prefix, config) = support::config();
+    let a = Arc::new(support::connect(config.clone()).await);
+    let b = Arc::new(support::connect(config).await);
+    let room = Room::parse("chat:same-id").unwrap();
+    for i in 0..20u64 {
+        let event = NewEvent::from_request(
+            req(&room, i).with_id(format!("e{i}")),
+            Duration::from_secs(60),
+            Timestamp::now(),
+        )
+        .unwrap();
+        let (x, y) = tokio::join!(a.publish(event.clone()), b.publish(event));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        assert_eq!(
+            x.envelope.sequence, y.envelope.sequence,
+            "both answers name one event"
+        );
+        assert!(x.duplicate != y.duplicate, "exactly one of the two stored it");
+    }
+    let page = a.replay(&ReplayQuery::new(room, 0).limit(100)).await.unwrap();
+    assert_eq!(
+        page.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+}
+
+/// Writes an id record by hand, as a publisher that died mid-publish leaves it.
+async fn leave_pending_claim(prefix: &support::Prefix, id: &str) {
+    let client = async_nats::connect(&prefix.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish(format!("{}.id.chat.orphan.{id}", prefix.name), "pending".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_left_by_a_dead_publisher_is_taken_over() {
+    let (prefix, mut config) = support::config();
+    config.request_timeout = Duration::from_millis(500);
+    let transport = support::connect(config).await;
+    let room = Room::parse("chat:orphan").unwrap();
+    let event = |id: &str| {
+        NewEvent::from_request(
+            req(&room, 1).with_id(id),
+            Duration::from_secs(60),
+            Timestamp::now(),
+        )
+        .unwrap()
+    };
+
+    // Died before storing: the event is stored once the claim lapses.
+    leave_pending_claim(&prefix, "never-stored").await;
+    let first = transport.publish(event("never-stored")).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.envelope.sequence, 1);
+
+    // Died after storing, before recording the sequence: found, not stored again.
+    transport.publish(event("stored")).await.unwrap();
+    leave_pending_claim(&prefix, "stored").await;
+    let again = transport.publish(event("stored")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.envelope.sequence, 2);
+    let page = transport
+        .replay(&ReplayQuery::new(room.clone(), 0))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+    // And the record now names the sequence: the next retry answers at once.
+    let third = transport.publish(event("stored")).await.unwrap();
+    assert!(third.duplicate);
+    assert_eq!(third.envelope.sequence, 2);
+}

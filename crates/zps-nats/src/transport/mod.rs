@@ -21,6 +21,7 @@ use crate::subject::Subjects;
 
 mod dead_letters;
 mod ephemeral;
+mod ids;
 mod live;
 mod presence;
 mod read;

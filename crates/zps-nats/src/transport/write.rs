@@ -18,7 +18,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use zps_core::{Envelope, NewEvent, PublishOutcome};
 
-use super::read::{SEQ_HEADER, decode_envelope, room_seq};
+use super::ids::Claim;
+use super::read::{SEQ_HEADER, room_seq};
 use super::{Head, NatsTransport};
 use crate::error::{NatsError, NatsResult};
 use crate::subject::room_tokens;
@@ -38,37 +39,39 @@ impl NatsTransport {
     /// when its id was stored before.
     pub(super) async fn store(&self, event: NewEvent) -> NatsResult<PublishOutcome> {
         let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
-        let subject = self.inner.subjects.event(&event.room);
         let slot = self.head_slot(&event.room);
-        // Publishes to one room from this process take turns: they never race each other.
+        // Publishes to one room from this process take turns: they never race
+        // each other, and a second publish of an id finds the first one's record.
         let mut cached = slot.lock().await;
-        if let Some(original) = self.indexed_original(&event, &id_subject).await? {
-            return Ok(original);
+        if let Claim::Stored(original) = self.claim_id(&event, &id_subject).await? {
+            return Ok(duplicate(original));
         }
+        let result = self.store_claimed(&event, &mut cached).await;
+        match &result {
+            Ok(outcome) => self.finish_id(&id_subject, outcome.envelope.sequence).await,
+            // Maybe stored: the pending claim makes a retry look before storing again.
+            Err(NatsError::OutcomeUnknown { .. }) => {}
+            Err(_) => self.release_id(&id_subject).await,
+        }
+        result
+    }
+
+    /// Takes the room's next sequence for an event whose id this publisher claimed.
+    async fn store_claimed(&self, event: &NewEvent, cached: &mut Option<Head>) -> NatsResult<PublishOutcome> {
+        let subject = self.inner.subjects.event(&event.room);
         let attempts = self.inner.config.max_publish_attempts;
         for attempt in 0..attempts {
             let head = match *cached {
                 Some(head) => head,
                 None => match self.last_message(&subject).await? {
                     None => Head::default(),
-                    Some(last) => {
-                        let stored = decode_envelope(&last.payload)?;
-                        if stored.id == event.id {
-                            // A retry of the room's newest event whose id record was never written.
-                            self.index_id(&id_subject, stored.sequence).await;
-                            return Ok(duplicate(stored));
-                        }
-                        Head {
-                            room_seq: room_seq(&last)?,
-                            stream_seq: last.sequence,
-                        }
-                    }
+                    Some(last) => Head {
+                        room_seq: room_seq(&last)?,
+                        stream_seq: last.sequence,
+                    },
                 },
             };
-            match self
-                .try_sequence(&event, &subject, head, &mut cached, attempt)
-                .await
-            {
+            match self.try_sequence(event, &subject, head, cached, attempt).await {
                 Err(NatsError::Contended { .. }) => continue,
                 done => return done,
             }
@@ -95,9 +98,15 @@ impl NatsTransport {
                 // The answer was lost (timeout, leader change): find out whether it
                 // was stored before saying anything, so a retry cannot store it twice.
                 *cached = None;
-                match self.event_by_room_seq(&event.room, envelope.sequence).await? {
-                    Some(stored) if stored.id == event.id => Attempt::Stored(None),
-                    _ => return Err(e),
+                match self.event_by_room_seq(&event.room, envelope.sequence).await {
+                    Ok(Some(stored)) if stored.id == event.id => Attempt::Stored(None),
+                    Ok(_) => return Err(e),
+                    Err(_) => {
+                        return Err(NatsError::OutcomeUnknown {
+                            room: event.room.to_string(),
+                            message: e.to_string(),
+                        });
+                    }
                 }
             }
             Err(e) => {
@@ -111,8 +120,6 @@ impl NatsTransport {
                     room_seq: envelope.sequence,
                     stream_seq,
                 });
-                let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
-                self.index_id(&id_subject, envelope.sequence).await;
                 Ok(PublishOutcome {
                     envelope: Arc::new(envelope),
                     duplicate: false,
@@ -171,47 +178,6 @@ impl NatsTransport {
                         | PublishErrorKind::StreamNotFound
                 );
                 Err(NatsError::request("publish", e, unavailable))
-            }
-        }
-    }
-
-    /// The original of an id the durable index already holds.
-    async fn indexed_original(
-        &self,
-        event: &NewEvent,
-        id_subject: &str,
-    ) -> NatsResult<Option<PublishOutcome>> {
-        let Some(record) = self.last_record(&self.inner.ids, id_subject, "id lookup").await? else {
-            return Ok(None);
-        };
-        let sequence: u64 = std::str::from_utf8(&record.payload)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| NatsError::Decode(format!("id record `{id_subject}` is not a sequence")))?;
-        let envelope = match self.event_by_room_seq(&event.room, sequence).await? {
-            Some(original) => original,
-            // The original was pruned: answer with its sequence, so the caller still
-            // learns that nothing new was stored.
-            None => event.to_envelope(sequence),
-        };
-        Ok(Some(duplicate(envelope)))
-    }
-
-    /// Records the id beyond the server's duplicate window. A failure only
-    /// narrows idempotency to that window, so it is logged, not returned: the
-    /// event is stored and its publisher must hear so.
-    async fn index_id(&self, id_subject: &str, sequence: u64) {
-        let value = bytes::Bytes::from(sequence.to_string().into_bytes());
-        for attempt in 0..3u32 {
-            match self
-                .put_record(id_subject.to_owned(), value.clone(), None, "id index")
-                .await
-            {
-                Ok(_) => return,
-                Err(e) if attempt == 2 => {
-                    tracing::warn!(error = %e, "nats: could not index an event id; duplicates are caught only inside the duplicate window");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20 << attempt)).await,
             }
         }
     }

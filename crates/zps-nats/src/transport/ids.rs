@@ -1,0 +1,163 @@
+//! Event-id idempotency: a record per (room, id) in the ids stream, claimed
+//! before the event is stored and finished with its sequence after.
+//!
+//! The claim is a write of `pending` that succeeds only when no record exists
+//! (expected last subject sequence 0) and is not a duplicate of a claim in
+//! flight (`Nats-Msg-Id`), so of two publishers of one id — on one gateway or
+//! two — exactly one goes on to store it; the other waits for the record to
+//! name the sequence and answers with the original. A claim left `pending` by
+//! a publisher that died is taken over after the wait, once a look at the
+//! room's newest events shows the event was never stored.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
+use bytes::Bytes;
+use tokio::time::Instant;
+use zps_core::{Envelope, NewEvent, ReplayQuery};
+
+use super::NatsTransport;
+use crate::error::{NatsError, NatsResult};
+
+/// The value of a claimed id whose event is not stored yet.
+const PENDING: &[u8] = b"pending";
+
+/// How many of a room's newest events a takeover searches for the id.
+const TAKEOVER_SCAN: u64 = 256;
+
+/// Rounds of waiting and claiming before a publish gives up on an id.
+const MAX_CLAIM_ROUNDS: usize = 1_000;
+
+/// What claiming an id found.
+pub(super) enum Claim {
+    /// This publisher stores the event.
+    Owned,
+    /// The id was stored before: its original (or, if pruned, its sequence).
+    Stored(Envelope),
+}
+
+fn stored_sequence(record: &StreamMessage) -> Option<u64> {
+    std::str::from_utf8(&record.payload).ok()?.parse().ok()
+}
+
+impl NatsTransport {
+    /// Claims `event`'s id, or finds the event stored under it.
+    pub(super) async fn claim_id(&self, event: &NewEvent, id_subject: &str) -> NatsResult<Claim> {
+        if self.try_claim(id_subject, 0, true).await? {
+            return Ok(Claim::Owned);
+        }
+        let mut deadline = Instant::now() + self.inner.config.request_timeout;
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            let Some(record) = self.last_record(&self.inner.ids, id_subject, "id claim").await? else {
+                // Expired or released meanwhile: claim it afresh.
+                if self.try_claim(id_subject, 0, false).await? {
+                    return Ok(Claim::Owned);
+                }
+                continue;
+            };
+            if let Some(sequence) = stored_sequence(&record) {
+                return Ok(Claim::Stored(self.original(event, sequence).await?));
+            }
+            if Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                continue;
+            }
+            // Still pending: its publisher is gone, maybe after storing the event.
+            if let Some(found) = self.find_recent(event).await? {
+                self.finish_id(id_subject, found.sequence).await;
+                return Ok(Claim::Stored(found));
+            }
+            if self.try_claim(id_subject, record.sequence, false).await? {
+                return Ok(Claim::Owned);
+            }
+            // Another publisher took it over first: wait for that one.
+            deadline = Instant::now() + self.inner.config.request_timeout;
+        }
+        Err(NatsError::Contended {
+            room: event.room.to_string(),
+            attempts: MAX_CLAIM_ROUNDS,
+        })
+    }
+
+    /// Writes `pending` if the id's newest record is still at `expected` (0:
+    /// none); `dedup` also refuses a copy of a claim in flight. True when claimed.
+    async fn try_claim(&self, id_subject: &str, expected: u64, dedup: bool) -> NatsResult<bool> {
+        let mut claim = PublishMessage::build()
+            .payload(Bytes::from_static(PENDING))
+            .expected_last_subject_sequence(expected);
+        if dedup {
+            claim = claim.message_id(id_subject);
+        }
+        let ack = match self.inner.js.send_publish(id_subject.to_owned(), claim).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(ack) => Ok(!ack.duplicate),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(e) => {
+                let unavailable = matches!(
+                    e.kind(),
+                    PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                );
+                Err(NatsError::request("id claim", e, unavailable))
+            }
+        }
+    }
+
+    /// The stored event with this sequence; if pruned, the new event under it,
+    /// so the caller still learns that nothing new was stored.
+    async fn original(&self, event: &NewEvent, sequence: u64) -> NatsResult<Envelope> {
+        Ok(match self.event_by_room_seq(&event.room, sequence).await? {
+            Some(original) => original,
+            None => event.to_envelope(sequence),
+        })
+    }
+
+    /// The event with `event`'s id among the room's newest events.
+    async fn find_recent(&self, event: &NewEvent) -> NatsResult<Option<Envelope>> {
+        let subject = self.inner.subjects.event(&event.room);
+        let Some(last) = self.last_message(&subject).await? else {
+            return Ok(None);
+        };
+        let last_seq = super::read::room_seq(&last)?;
+        let query = ReplayQuery::new(event.room.clone(), last_seq.saturating_sub(TAKEOVER_SCAN))
+            .limit(TAKEOVER_SCAN as usize);
+        let page = self.read_page(&query).await?;
+        Ok(page
+            .events
+            .iter()
+            .find(|e| e.id == event.id)
+            .map(|e| (**e).clone()))
+    }
+
+    /// Replaces the claim with the event's sequence. A failure leaves the claim
+    /// pending, which a retry resolves by looking at the room: logged, not
+    /// returned, because the event is stored and its publisher must hear so.
+    pub(super) async fn finish_id(&self, id_subject: &str, sequence: u64) {
+        let value = Bytes::from(sequence.to_string().into_bytes());
+        for attempt in 0..3u32 {
+            match self
+                .put_record(id_subject.to_owned(), value.clone(), None, "id index")
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if attempt == 2 => {
+                    tracing::warn!(error = %e, "nats: could not record an event id; a retry of it waits for the claim to lapse");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20 << attempt)).await,
+            }
+        }
+    }
+
+    /// Gives the claim up after a publish that certainly stored nothing.
+    pub(super) async fn release_id(&self, id_subject: &str) {
+        if let Err(e) = self
+            .purge_subject(&self.inner.ids, id_subject, "id release")
+            .await
+        {
+            tracing::warn!(error = %e, "nats: could not release an event id claim; a retry waits for it to lapse");
+        }
+    }
+}
