@@ -46,7 +46,7 @@ fn print_help() {
   load-test                        in-process engine load test (release build); knobs:
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
-  bench [--provider memory|postgres|redis|hybrid|sqlite] [--skip-provider-bench]
+  bench [--provider memory|postgres|redis|hybrid|sqlite|nats] [--skip-provider-bench]
         [--scenario NAME]... [--target NAME]... [--quick]
                                    the gateway (JSON and compact), two bare broadcast loops and
                                    nats-server driven by one load generator in one run (release
@@ -55,7 +55,7 @@ fn print_help() {
                                    idle-10k, replay; targets: zps-json, zps-compact, bare-small,
                                    bare-gw, nats; results appended to bench-results.jsonl. A provider
                                    first runs its own publish benchmark against a raw baseline
-                                   (INSERT / EVALSHA) unless --skip-provider-bench
+                                   (INSERT / EVALSHA / JetStream publish) unless --skip-provider-bench
   chaos [--quick] [--providers LIST] [SCENARIO]...
                                    fault scenarios against real gateway processes with an
                                    independent checker (scenarios: gateway-kill, redis-restart,
@@ -65,7 +65,7 @@ fn print_help() {
                                    target/chaos/report.md; `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)
-  services                         make PostgreSQL and Redis reachable (start or install)"
+  services                         make PostgreSQL, Redis and NATS (JetStream) reachable (start or install)"
     );
 }
 
@@ -454,6 +454,25 @@ fn bench(args: &[String]) -> Result<()> {
                 .map(String::from),
             );
         }
+        "nats" => {
+            // The provider's own benchmark: publish vs a raw JetStream publish loop, contention, latency.
+            if provider_bench {
+                run(cargo()
+                    .args(["bench", "-p", "zps-nats", "--bench", "publish"])
+                    .envs(env.clone()))?;
+            }
+            gateway_args.extend(
+                [
+                    "--provider",
+                    "nats",
+                    "--connection",
+                    &url("ZPS_TEST_NATS_URL"),
+                    "--nats-prefix",
+                    &tag,
+                ]
+                .map(String::from),
+            );
+        }
         "sqlite" => {
             // The provider's own benchmark: group-commit publish vs a raw one-row-per-commit loop.
             if provider_bench {
@@ -462,7 +481,7 @@ fn bench(args: &[String]) -> Result<()> {
             let dir = std::env::temp_dir().join(&tag);
             gateway_args.extend(["--data-dir".to_owned(), dir.display().to_string()]);
         }
-        other => bail!("--provider must be memory, postgres, redis, hybrid or sqlite, not {other}"),
+        other => bail!("--provider must be memory, postgres, redis, hybrid, sqlite or nats, not {other}"),
     }
     run(cargo().args([
         "build",
@@ -500,6 +519,9 @@ fn bench(args: &[String]) -> Result<()> {
     if provider == "sqlite" {
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&tag));
     }
+    if provider == "nats" {
+        delete_nats_streams(&tag);
+    }
     if matches!(provider.as_str(), "redis" | "hybrid") {
         let _ = Command::new("sh")
             .args([
@@ -521,6 +543,8 @@ fn ensure_services() -> Result<Vec<(String, String)>> {
     ));
     ensure_redis()?;
     env.push(default_env("ZPS_TEST_REDIS_URL", "redis://127.0.0.1:6379"));
+    ensure_nats()?;
+    env.push(default_env("ZPS_TEST_NATS_URL", "nats://127.0.0.1:4222"));
     Ok(env)
 }
 
@@ -644,4 +668,60 @@ fn ensure_redis() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// NATS with JetStream on 127.0.0.1:4222 (the NATS provider's tests), and the
+/// `nats-server` binary the cluster test starts three of.
+fn ensure_nats() -> Result<()> {
+    if !has("nats-server")
+        && let Err(e) = apt_install(&["nats-server"])
+    {
+        bail!("nats-server is not installed ({e}). Run:\n  sudo apt-get install -y nats-server");
+    }
+    if reachable(4222) {
+        return Ok(());
+    }
+    eprintln!("xtask: NATS is not reachable on 127.0.0.1:4222; starting nats-server with JetStream");
+    let store = std::env::temp_dir().join("zps-nats-jetstream");
+    let log = std::fs::File::create(std::env::temp_dir().join("zps-nats-server.log"))?;
+    // Detached: it outlives this run, like the PostgreSQL and Redis it joins.
+    Command::new("setsid")
+        .args(["nats-server", "-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
+        .arg(&store)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting nats-server")?;
+    if !wait_for(4222, Duration::from_secs(15)) {
+        bail!(
+            "NATS did not come up on 127.0.0.1:4222. Start it with:\n  nats-server -a 127.0.0.1 -p 4222 -js -sd /tmp/zps-nats-jetstream"
+        );
+    }
+    Ok(())
+}
+
+/// Deletes the streams a NATS bench run created under `prefix`, speaking the
+/// plain NATS text protocol (the `nats` CLI need not be installed).
+fn delete_nats_streams(prefix: &str) {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], 4222))) else {
+        return;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut out = String::from("CONNECT {\"verbose\":false}\r\n");
+    for stream in ["events", "dlq", "presence", "state", "ids"] {
+        out.push_str(&format!("PUB $JS.API.STREAM.DELETE.{prefix}_{stream} 0\r\n\r\n"));
+    }
+    out.push_str("PING\r\n");
+    let _ = conn.write_all(out.as_bytes());
+    // Wait for the PONG, so the deletes were processed before the process exits.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("PONG") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
 }

@@ -111,8 +111,8 @@ async fn shared_engine(args: ProviderArgs) -> anyhow::Result<Realtime> {
     let s = ProviderSettings::from_args(args);
     if s.kind == ProviderKind::Memory {
         bail!(
-            "the memory provider lives inside one gateway process; use --provider postgres, redis, mongo, hybrid \
-             or sqlite (and --connection / --data-dir) to reach stored events"
+            "the memory provider lives inside one gateway process; use --provider postgres, redis, mongo, nats, \
+             hybrid or sqlite (and --connection / --data-dir) to reach stored events"
         );
     }
     Ok(Realtime::new(providers::connect(&s).await?))

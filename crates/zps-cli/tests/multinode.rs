@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 mod support;
-use support::{Gateway as Node, nats_url, pg_url, ready, recv, redis_url, start_gateway};
+use support::{Gateway as Node, nats_url, pg_url, ready, recv, redis_url, run, start_gateway};
 
 fn start(args: &[&str]) -> Node {
     let mut all = vec!["--allow-client-publish", "--max-messages-per-window", "100000"];
@@ -149,6 +149,12 @@ async fn two_gateways_on_nats() {
     let (a, b) = (start(&args), start(&args));
     two_nodes_one_room(&a, &b).await;
     drop((a, b));
+    // The operational commands reach the same streams.
+    let (code, out, err) = run(
+        &["prune", "--provider", "nats", "--connection", &nats, "--nats-prefix", &prefix],
+        &[],
+    );
+    assert_eq!((code, out.trim()), (0, "removed 0 expired events"), "{err}");
     let client = zps_nats::async_nats::connect(&nats).await.unwrap();
     zps_nats::delete_prefix(&client, &prefix).await.unwrap();
 }
