@@ -132,21 +132,25 @@ impl NatsTransport {
             .map(|e| (**e).clone()))
     }
 
-    /// Replaces the claim with the event's sequence. A failure leaves the claim
-    /// pending, which a retry resolves by looking at the room: logged, not
-    /// returned, because the event is stored and its publisher must hear so.
+    /// Replaces the claim with the event's sequence. The publisher does not
+    /// wait for the server's acknowledgement: the record is sent on the same
+    /// connection before the answer, so this gateway's next claim of the id
+    /// finds it, and another gateway's claim waits for it. A record that never
+    /// lands leaves the claim pending, which a retry resolves by looking at
+    /// the room: logged, not returned, because the event is stored.
     pub(super) async fn finish_id(&self, id_subject: &str, sequence: u64) {
         let value = Bytes::from(sequence.to_string().into_bytes());
-        for attempt in 0..3u32 {
-            match self
-                .put_record(id_subject.to_owned(), value.clone(), None, "id index")
-                .await
-            {
-                Ok(_) => return,
-                Err(e) if attempt == 2 => {
-                    tracing::warn!(error = %e, "nats: could not record an event id; a retry of it waits for the claim to lapse");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20 << attempt)).await,
+        let message = PublishMessage::build().payload(value);
+        match self.inner.js.send_publish(id_subject.to_owned(), message).await {
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(error = %e, "nats: an event id record was not stored; a retry of it looks at the room");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "nats: could not send an event id record; a retry of it looks at the room");
             }
         }
     }
