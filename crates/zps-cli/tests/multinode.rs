@@ -151,7 +151,15 @@ async fn two_gateways_on_nats() {
     drop((a, b));
     // The operational commands reach the same streams.
     let (code, out, err) = run(
-        &["prune", "--provider", "nats", "--connection", &nats, "--nats-prefix", &prefix],
+        &[
+            "prune",
+            "--provider",
+            "nats",
+            "--connection",
+            &nats,
+            "--nats-prefix",
+            &prefix,
+        ],
         &[],
     );
     assert_eq!((code, out.trim()), (0, "removed 0 expired events"), "{err}");

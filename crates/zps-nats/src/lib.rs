@@ -22,6 +22,8 @@
 //! * **Live**: one ordered push consumer per transport on `{prefix}.ev.>`,
 //!   started on the first subscription; stored events only, in stream order,
 //!   re-created from the last position it saw when the link drops.
+//! * **Epoch**: a marker message (`{prefix}.epoch`) in the events stream;
+//!   recreating or purging the stream removes it, and a new one is a new epoch.
 //! * **The rest**: cursors and snapshots one record per subject in a state
 //!   stream (what a KV bucket is underneath), dead letters in a
 //!   stream of their own, presence in a stream keeping one record per

@@ -101,6 +101,11 @@ impl Subjects {
         format!("{}.ev.>", self.prefix)
     }
 
+    /// `{prefix}.epoch`: the marker naming the history's epoch (in the events stream).
+    pub(crate) fn epoch(&self) -> String {
+        format!("{}.epoch", self.prefix)
+    }
+
     /// `{prefix}.dlq.{scope}.{resource}`: a room's dead letters.
     pub(crate) fn dead_letter(&self, room: &Room) -> String {
         format!("{}.dlq.{}", self.prefix, room_tokens(room))

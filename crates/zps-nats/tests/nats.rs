@@ -207,6 +207,33 @@ async fn a_recreated_stream_is_a_new_epoch() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_stream_is_a_new_epoch() {
+    let (prefix, config) = support::config();
+    let before = support::connect(config.clone()).await;
+    let room = Room::parse("chat:purged").unwrap();
+    Realtime::new(Arc::new(before.clone()))
+        .publish(req(&room, 1))
+        .await
+        .unwrap();
+    let old = before.room_info(&room).await.unwrap();
+    assert_eq!(before.health().await.status, HealthStatus::Healthy);
+    let client = async_nats::connect(&prefix.url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream(config.events_stream())
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let after = support::connect(config).await;
+    let new = after.room_info(&room).await.unwrap();
+    assert_ne!(new.epoch, old.epoch, "sequences restart, so the epoch changes");
+    assert_eq!(new.last_sequence, 0);
+    assert_eq!(before.health().await.status, HealthStatus::Unhealthy);
+    assert_eq!(after.health().await.status, HealthStatus::Healthy);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_id_published_at_once_through_two_processes_is_stored_once() {
     let (_prefix, config) = support::config();

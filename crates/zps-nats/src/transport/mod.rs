@@ -156,11 +156,11 @@ impl NatsTransport {
         } else {
             stream::StorageType::Memory
         };
-        let mut events = ensure_stream(
+        let events = ensure_stream(
             &js,
             stream::Config {
                 name: config.events_stream(),
-                subjects: vec![subjects.all_events()],
+                subjects: vec![subjects.all_events(), subjects.epoch()],
                 storage,
                 num_replicas: config.replicas,
                 duplicate_window: config.duplicate_window,
@@ -169,12 +169,7 @@ impl NatsTransport {
             },
         )
         .await?;
-        let created = events
-            .info()
-            .await
-            .map_err(|e| setup_error(&config.events_stream(), e))?
-            .created;
-        let epoch = format!("nats-{}", created.unix_timestamp_nanos());
+        let epoch = read_or_create_epoch(&js, &events, &subjects.epoch()).await?;
         let dead_letters = ensure_stream(
             &js,
             stream::Config {
@@ -281,6 +276,45 @@ fn setup_error(what: &str, e: impl std::fmt::Display) -> NatsError {
     }
 }
 
+/// The history's epoch: a marker message in the events stream, written by the
+/// first gateway to find none. Deleting, recreating or purging the stream
+/// removes it, so the next gateway writes a new one: a new epoch.
+async fn read_or_create_epoch(
+    js: &jetstream::Context,
+    events: &stream::Stream,
+    subject: &str,
+) -> NatsResult<String> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    for _ in 0..8 {
+        match events.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => {
+                return String::from_utf8(msg.payload.to_vec())
+                    .map_err(|_| NatsError::Decode("the epoch marker is not UTF-8".into()));
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(NatsError::request("epoch read", e, true)),
+        }
+        let epoch = format!("nats-{}", uuid::Uuid::new_v4().simple());
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(epoch.clone().into())
+            .expected_last_subject_sequence(0);
+        let ack = match js.send_publish(subject.to_owned(), message).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        match ack {
+            Ok(_) => return Ok(epoch),
+            // Another gateway wrote it first: read theirs.
+            Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence => {}
+            Err(e) => return Err(NatsError::request("epoch write", e, true)),
+        }
+    }
+    Err(NatsError::Setup {
+        what: subject.to_owned(),
+        message: "the epoch marker kept changing".into(),
+    })
+}
+
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> NatsResult<stream::Stream> {
     let name = config.name.clone();
     js.get_or_create_stream(config)
@@ -378,16 +412,25 @@ impl Transport for NatsTransport {
                 health
                     .details
                     .insert("storedEvents".into(), info.state.messages.into());
-                let epoch = format!("nats-{}", info.created.unix_timestamp_nanos());
-                if epoch != self.inner.epoch {
-                    health.status = HealthStatus::Unhealthy;
-                    health.details.insert(
-                        "error".into(),
-                        "the events stream was deleted and recreated; restart this gateway to start the new epoch".into(),
-                    );
-                }
             }
-            Err(e) => health.fail(format!("events stream: {e}")),
+            Err(e) => {
+                health.fail(format!("events stream: {e}"));
+                return health;
+            }
+        }
+        let marker = self
+            .last_record(&self.inner.events, &self.inner.subjects.epoch(), "epoch read")
+            .await;
+        match marker {
+            Ok(Some(msg)) if msg.payload == self.inner.epoch.as_bytes() => {}
+            Ok(_) => {
+                health.status = HealthStatus::Unhealthy;
+                health.details.insert(
+                    "error".into(),
+                    "the events stream was purged or recreated: a new epoch; restart this gateway to serve it".into(),
+                );
+            }
+            Err(e) => health.fail(format!("epoch marker: {e}")),
         }
         health
     }
