@@ -100,8 +100,11 @@ impl NatsTransport {
                 *cached = None;
                 match self.event_by_room_seq(&event.room, envelope.sequence).await {
                     Ok(Some(stored)) if stored.id == event.id => Attempt::Stored(None),
-                    Ok(_) => return Err(e),
-                    Err(_) => {
+                    // Another event holds the sequence: ours was certainly not stored.
+                    Ok(Some(_)) => return Err(e),
+                    // Not visible, or not readable: a new stream leader may still
+                    // commit it, so the id stays claimed and a retry looks first.
+                    Ok(None) | Err(_) => {
                         return Err(NatsError::OutcomeUnknown {
                             room: event.room.to_string(),
                             message: e.to_string(),
