@@ -5,6 +5,9 @@
 //!   each), versus the same number of raw `publish` + ack loops on the same
 //!   stream layout: the cost of the id claim, the sequence checks and the id
 //!   record;
+//! * `publish_batch` of 64 events of one room, versus 64 raw publishes sent
+//!   before awaiting their acks (the events themselves go one round trip
+//!   each: their sequence checks chain);
 //! * two processes (transports) publishing to one room with 8 publishers each:
 //!   throughput and the sequence conflicts it costs (the price of optimistic
 //!   sequencing under contention);
@@ -143,6 +146,46 @@ async fn main() {
             ours / raw
         );
     }
+
+    // Batches: 64 events of one room per call (what the gateway sends for a
+    // pipelining publisher) against 64 raw publishes sent before awaiting their acks.
+    let t = nats.clone();
+    let ours = 64.0
+        * throughput(1, move |_, n| {
+            let t = t.clone();
+            async move {
+                let room = Room::parse("bench:batch").unwrap();
+                let events = (0..64).map(|k| event(&room, n * 64 + k)).collect();
+                t.publish_batch(events).await.unwrap();
+            }
+        })
+        .await;
+    let js2 = js.clone();
+    let raw_subject = format!("{raw_prefix}.ev.bench.batch");
+    let raw = 64.0
+        * throughput(1, move |_, n| {
+            let (js, subject) = (js2.clone(), raw_subject.clone());
+            async move {
+                let mut acks = Vec::with_capacity(64);
+                for k in 0..64 {
+                    let body = event(&Room::parse("bench:raw").unwrap(), n * 64 + k)
+                        .to_envelope(n * 64 + k + 1)
+                        .to_json();
+                    acks.push(js.publish(subject.clone(), body.into()).await.unwrap());
+                }
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+            }
+        })
+        .await;
+    println!(
+        "{:<44} {:>12.0} {:>12.0} {:>6.2}x",
+        "publish_batch of 64, one room",
+        ours,
+        raw,
+        ours / raw
+    );
 
     // Contention: two transports, 8 publishers each, one room.
     let other = Arc::new(transport(&prefix).await);

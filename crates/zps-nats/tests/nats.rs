@@ -310,3 +310,79 @@ async fn a_claim_left_by_a_dead_publisher_is_taken_over() {
     assert!(third.duplicate);
     assert_eq!(third.envelope.sequence, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_from_two_processes_keep_each_batch_in_order() {
+    let (_prefix, config) = support::config();
+    let a = Arc::new(support::connect(config.clone()).await);
+    let b = Arc::new(support::connect(config).await);
+    assert!(a.batches_publishes());
+    let rooms = [Room::parse("chat:b1").unwrap(), Room::parse("chat:b2").unwrap()];
+    let event = |room: &Room, id: String| {
+        NewEvent::from_request(
+            req(room, 0).with_id(id),
+            Duration::from_secs(60),
+            Timestamp::now(),
+        )
+        .unwrap()
+    };
+    // Stored before: the batch answers it as a duplicate.
+    let earlier = a.publish(event(&rooms[0], "a-0-0".into())).await.unwrap();
+    let batches = |t: Arc<NatsTransport>, name: &'static str| {
+        let rooms = rooms.clone();
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for n in 0..10 {
+                // Both rooms interleaved, and one id twice in the batch.
+                let mut events = Vec::new();
+                for k in 0..6 {
+                    events.push(event(&rooms[k % 2], format!("{name}-{n}-{k}")));
+                }
+                events.push(event(&rooms[0], format!("{name}-{n}-0")));
+                let out = t.publish_batch(events).await.unwrap();
+                answers.push(out);
+            }
+            answers
+        })
+    };
+    let (x, y) = (batches(a.clone(), "a"), batches(b.clone(), "b"));
+    for (name, answers) in [("a", x.await.unwrap()), ("b", y.await.unwrap())] {
+        for (n, out) in answers.iter().enumerate() {
+            assert_eq!(out.len(), 7);
+            assert_eq!(
+                out[6].envelope.id, out[0].envelope.id,
+                "the repeat answers with the first"
+            );
+            assert!(out[6].duplicate);
+            assert_eq!(out[6].envelope.sequence, out[0].envelope.sequence);
+            for room in 0..2 {
+                let seqs: Vec<u64> = (0..6)
+                    .filter(|k| k % 2 == room)
+                    .map(|k| out[k].envelope.sequence)
+                    .collect();
+                assert!(
+                    seqs.windows(2).all(|w| w[0] < w[1]),
+                    "{name} batch {n}: order kept in room {room}: {seqs:?}"
+                );
+            }
+            if name == "a" && n == 0 {
+                assert!(out[0].duplicate, "stored before the batch");
+                assert_eq!(out[0].envelope.sequence, earlier.envelope.sequence);
+            }
+        }
+    }
+    for room in &rooms {
+        let page = a
+            .replay(&ReplayQuery::new(room.clone(), 0).limit(1000))
+            .await
+            .unwrap();
+        let n = page.events.len() as u64;
+        assert_eq!(
+            page.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let ids: HashSet<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len() as u64, n, "no id stored twice");
+        assert_eq!(n, 60, "3 events per room per batch, 10 batches, 2 processes");
+    }
+}

@@ -80,6 +80,40 @@ impl NatsTransport {
         })
     }
 
+    /// Claims many ids at once (create-only, deduplicated), sending every claim
+    /// before awaiting any answer: one round trip for all. True where claimed;
+    /// false where something holds the id already (resolve with [`Self::claim_id`]).
+    pub(super) async fn claim_ids_pipelined(&self, id_subjects: &[String]) -> NatsResult<Vec<bool>> {
+        let mut pending = Vec::with_capacity(id_subjects.len());
+        for subject in id_subjects {
+            let claim = PublishMessage::build()
+                .payload(Bytes::from_static(PENDING))
+                .expected_last_subject_sequence(0)
+                .message_id(subject.as_str());
+            pending.push(self.inner.js.send_publish(subject.clone(), claim).await);
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for sent in pending {
+            let ack = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            out.push(match ack {
+                Ok(ack) => !ack.duplicate,
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => false,
+                Err(e) => {
+                    let unavailable = matches!(
+                        e.kind(),
+                        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+                    );
+                    // Claims already won stay pending: a retry resolves them by looking at the room.
+                    return Err(NatsError::request("id claim", e, unavailable));
+                }
+            });
+        }
+        Ok(out)
+    }
+
     /// Writes `pending` if the id's newest record is still at `expected` (0:
     /// none); `dedup` also refuses a copy of a claim in flight. True when claimed.
     async fn try_claim(&self, id_subject: &str, expected: u64, dedup: bool) -> NatsResult<bool> {

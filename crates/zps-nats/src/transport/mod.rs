@@ -19,6 +19,7 @@ use crate::config::NatsConfig;
 use crate::error::{NatsError, NatsResult};
 use crate::subject::Subjects;
 
+mod batch;
 mod dead_letters;
 mod ephemeral;
 mod ids;
@@ -359,6 +360,15 @@ impl Transport for NatsTransport {
     async fn publish(&self, event: NewEvent) -> zps_core::Result<PublishOutcome> {
         self.check_open()?;
         Ok(self.store(event).await?)
+    }
+
+    fn batches_publishes(&self) -> bool {
+        true
+    }
+
+    async fn publish_batch(&self, events: Vec<NewEvent>) -> zps_core::Result<Vec<PublishOutcome>> {
+        self.check_open()?;
+        Ok(self.store_batch(events).await?)
     }
 
     async fn subscribe(&self, patterns: &[RoomPattern]) -> zps_core::Result<LiveStream> {

@@ -57,7 +57,11 @@ impl NatsTransport {
     }
 
     /// Takes the room's next sequence for an event whose id this publisher claimed.
-    async fn store_claimed(&self, event: &NewEvent, cached: &mut Option<Head>) -> NatsResult<PublishOutcome> {
+    pub(super) async fn store_claimed(
+        &self,
+        event: &NewEvent,
+        cached: &mut Option<Head>,
+    ) -> NatsResult<PublishOutcome> {
         let subject = self.inner.subjects.event(&event.room);
         let attempts = self.inner.config.max_publish_attempts;
         for attempt in 0..attempts {
@@ -197,7 +201,8 @@ fn rand_jitter(attempt: usize) -> Duration {
     backoff.delay(u32::try_from(attempt).unwrap_or(u32::MAX), &mut rand::rng())
 }
 
-fn duplicate(original: Envelope) -> PublishOutcome {
+/// The answer for an id stored before.
+pub(super) fn duplicate(original: Envelope) -> PublishOutcome {
     PublishOutcome {
         envelope: Arc::new(original),
         duplicate: true,
