@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 
 /// Where the gateways store events, with its flags and its cleanup.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Provider {
     /// `postgres`, `redis`, `hybrid`.
     pub name: String,
@@ -18,6 +18,8 @@ pub struct Provider {
     pub args: Vec<String>,
     /// Shell command that removes this run's data afterwards.
     pub cleanup: Option<String>,
+    /// NATS: the server and the prefix of this run's streams, deleted afterwards.
+    pub nats_streams: Option<(String, String)>,
 }
 
 fn env_or(k: &str, d: &str) -> String {
@@ -35,6 +37,11 @@ pub fn shared_postgres_url() -> String {
 /// The machine's Redis (`ZPS_TEST_REDIS_URL`).
 pub fn shared_redis_url() -> String {
     env_or("ZPS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// The machine's NATS with JetStream (`ZPS_TEST_NATS_URL`).
+pub fn shared_nats_url() -> String {
+    env_or("ZPS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 }
 
 /// The MongoDB stand-in (`ZPS_TEST_MONGO_URL`; `cargo xtask chaos` starts one).
@@ -78,6 +85,7 @@ impl Provider {
                 name: name.into(),
                 args: Vec::new(),
                 cleanup: None,
+                ..Self::default()
             },
             "mongo" => Self {
                 name: name.into(),
@@ -89,6 +97,7 @@ impl Provider {
                 ]),
                 // The stand-in keeps data in memory and stops after the run.
                 cleanup: None,
+                ..Self::default()
             },
             "sqlite" => {
                 // One file per gateway process: for scenarios that restart one gateway on it.
@@ -97,6 +106,7 @@ impl Provider {
                     name: name.into(),
                     args: s(&["--provider", "sqlite", "--data-dir", &dir.display().to_string()]),
                     cleanup: Some(format!("rm -rf '{}'", dir.display())),
+                    ..Self::default()
                 }
             }
             "postgres" => Self {
@@ -110,6 +120,7 @@ impl Provider {
                     tag,
                 ]),
                 cleanup: Some(drop_schema),
+                ..Self::default()
             },
             "redis" => Self {
                 name: name.into(),
@@ -122,6 +133,7 @@ impl Provider {
                     &prefix,
                 ]),
                 cleanup: Some(del_keys),
+                ..Self::default()
             },
             "hybrid" => Self {
                 name: name.into(),
@@ -142,13 +154,43 @@ impl Provider {
                     &prefix,
                 ]),
                 cleanup: Some(format!("{drop_schema}; {del_keys}")),
+                ..Self::default()
             },
-            other => bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid, mongo)"),
+            "nats" => Self {
+                name: name.into(),
+                args: s(&[
+                    "--provider",
+                    "nats",
+                    "--connection",
+                    &shared_nats_url(),
+                    "--nats-prefix",
+                    tag,
+                ]),
+                cleanup: None,
+                nats_streams: Some((shared_nats_url(), tag.to_owned())),
+            },
+            other => {
+                bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid, mongo, nats)")
+            }
         })
     }
 
     /// Removes this run's data (best effort: a scenario's own server may be gone).
     pub fn clean(&self) {
+        if let Some((url, prefix)) = self.nats_streams.clone() {
+            // Called from async scenarios: the client gets a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let client = zps_nats::async_nats::connect(url).await?;
+                    zps_nats::delete_prefix(&client, &prefix).await?;
+                    anyhow::Ok(())
+                })
+            })
+            .join();
+        }
         if let Some(cmd) = &self.cleanup {
             let _ = Command::new("sh")
                 .args(["-c", cmd])

@@ -8,7 +8,7 @@ use crate::error::NatsError;
 /// How the transport lays out and tunes its JetStream resources.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// Names every stream, bucket and subject (`[A-Za-z0-9_-]`, at most 32
+    /// Names every stream and subject (`[A-Za-z0-9_-]`, at most 64
     /// characters), so several deployments or test runs share one NATS.
     pub prefix: String,
     /// Replicas of every stream and bucket (1, or 3/5 on a JetStream cluster).
@@ -66,13 +66,13 @@ impl NatsConfig {
     pub fn validate(&self) -> Result<(), NatsError> {
         let p = &self.prefix;
         if p.is_empty()
-            || p.len() > 32
+            || p.len() > 64
             || !p
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(NatsError::InvalidConfig(format!(
-                "prefix `{p}` must be 1–32 characters of [A-Za-z0-9_-]"
+                "prefix `{p}` must be 1–64 characters of [A-Za-z0-9_-]"
             )));
         }
         if !(1..=5).contains(&self.replicas) {

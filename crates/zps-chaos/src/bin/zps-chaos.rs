@@ -13,14 +13,14 @@ use zps_chaos::workload::Size;
 
 /// Every scenario with the providers it applies to.
 const SCENARIOS: &[(&str, &[&str])] = &[
-    ("gateway-kill", &["postgres", "redis", "hybrid"]),
+    ("gateway-kill", &["postgres", "redis", "hybrid", "nats"]),
     ("redis-restart", &["redis", "hybrid"]),
     ("postgres-restart", &["postgres", "hybrid"]),
     ("redis-partition", &["redis", "hybrid"]),
     ("redis-partition-reset", &["redis", "hybrid"]),
     ("redis-cluster-failover", &["redis", "hybrid"]),
     ("slow-clients", &["memory"]),
-    ("reconnect-storm", &["redis", "sqlite", "mongo"]),
+    ("reconnect-storm", &["redis", "sqlite", "mongo", "nats"]),
     ("memory-soak", &["redis"]),
 ];
 
@@ -38,7 +38,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "memory,sqlite,postgres,redis,hybrid"
+        default_value = "memory,sqlite,postgres,redis,hybrid,nats"
     )]
     providers: Vec<String>,
     /// How long the memory soak runs [default: 1800, 120 with --quick].
