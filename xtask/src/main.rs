@@ -59,9 +59,9 @@ fn print_help() {
   chaos [--quick] [--providers LIST] [SCENARIO]...
                                    fault scenarios against real gateway processes with an
                                    independent checker (scenarios: gateway-kill, redis-restart,
-                                   postgres-restart, redis-partition, redis-partition-reset,
+                                   postgres-restart, nats-restart, redis-partition, redis-partition-reset,
                                    slow-clients, reconnect-storm, memory-soak [--soak-secs N];
-                                   providers: memory, sqlite, postgres, redis, hybrid, mongo); report in
+                                   providers: memory, sqlite, postgres, redis, hybrid, nats, mongo); report in
                                    target/chaos/report.md; `test` runs the --quick set
   dist                             release binary in dist/: stripped, with its line tables split
                                    out into dist/zero-pub-sub.debug (gdb and perf find it)

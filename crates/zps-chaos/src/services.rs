@@ -156,23 +156,23 @@ impl Provider {
                 cleanup: Some(format!("{drop_schema}; {del_keys}")),
                 ..Self::default()
             },
-            "nats" => Self {
-                name: name.into(),
-                args: s(&[
-                    "--provider",
-                    "nats",
-                    "--connection",
-                    &shared_nats_url(),
-                    "--nats-prefix",
-                    tag,
-                ]),
-                cleanup: None,
-                nats_streams: Some((shared_nats_url(), tag.to_owned())),
-            },
+            "nats" => Self::nats(tag, &shared_nats_url()),
             other => {
                 bail!("no setup for provider {other} (memory, sqlite, postgres, redis, hybrid, mongo, nats)")
             }
         })
+    }
+
+    /// The NATS provider on the server at `url`, streams named `tag`.
+    pub fn nats(tag: &str, url: &str) -> Self {
+        Self {
+            name: "nats".into(),
+            args: ["--provider", "nats", "--connection", url, "--nats-prefix", tag]
+                .map(String::from)
+                .to_vec(),
+            cleanup: None,
+            nats_streams: Some((url.to_owned(), tag.to_owned())),
+        }
     }
 
     /// Removes this run's data (best effort: a scenario's own server may be gone).
@@ -283,6 +283,66 @@ impl OwnRedis {
 }
 
 impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `nats-server` with JetStream of the scenario's own, restartable on the
+/// same port and store (a process kill keeps what the server acknowledged: it
+/// is in the kernel's page cache).
+pub struct OwnNats {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnNats {
+    /// Starts it in a fresh folder on a free port.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let mut n = Self {
+            dir: scratch_dir("nats", tag)?,
+            port: free_port()?,
+            child: None,
+        };
+        n.up()?;
+        Ok(n)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("nats-server is needed for the NATS scenarios")?;
+        self.child = Some(child);
+        wait_listening(self.port, "nats-server")
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.up()
+    }
+}
+
+impl Drop for OwnNats {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);

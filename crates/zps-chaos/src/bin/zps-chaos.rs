@@ -16,6 +16,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ("gateway-kill", &["postgres", "redis", "hybrid", "nats"]),
     ("redis-restart", &["redis", "hybrid"]),
     ("postgres-restart", &["postgres", "hybrid"]),
+    ("nats-restart", &["nats"]),
     ("redis-partition", &["redis", "hybrid"]),
     ("redis-partition-reset", &["redis", "hybrid"]),
     ("redis-cluster-failover", &["redis", "hybrid"]),
@@ -47,7 +48,7 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "target/chaos")]
     out: PathBuf,
-    /// Scenarios (default: all): gateway-kill, redis-restart, postgres-restart,
+    /// Scenarios (default: all): gateway-kill, redis-restart, postgres-restart, nats-restart,
     /// redis-partition, redis-partition-reset, redis-cluster-failover, slow-clients,
     /// reconnect-storm, memory-soak.
     scenarios: Vec<String>,
@@ -64,6 +65,7 @@ async fn run_one(args: &Args, scenario: &str, provider: &str, size: Size) -> any
         "gateway-kill" => scenarios::gateway_kill(bin, &Provider::shared(provider, &tag)?, size, &tag).await,
         "redis-restart" => scenarios::redis_restart(bin, provider, size, &tag).await,
         "postgres-restart" => scenarios::postgres_restart(bin, provider, size, &tag).await,
+        "nats-restart" => scenarios::nats_restart(bin, size, &tag).await,
         "redis-partition" => scenarios::redis_partition(bin, provider, Heal::Resume, size, &tag).await,
         "redis-partition-reset" => scenarios::redis_partition(bin, provider, Heal::Reset, size, &tag).await,
         "redis-cluster-failover" => scenarios::redis_cluster_failover(bin, provider, size, &tag).await,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Outcome, gateway_args};
 use crate::gateway::GatewayProcess;
-use crate::services::{OwnPostgres, OwnRedis, Provider, shared_postgres_url, shared_redis_url};
+use crate::services::{OwnNats, OwnPostgres, OwnRedis, Provider, shared_postgres_url, shared_redis_url};
 use crate::workload::{Size, Workload};
 
 /// How long the database stays down.
@@ -59,4 +59,27 @@ pub async fn postgres_restart(bin: &Path, provider: &str, size: Size, tag: &str)
     drop(gateway);
     p.clean();
     Ok(Outcome::judge("postgres-restart", provider, done, recovery))
+}
+
+/// NATS (the `nats` provider's only server) killed with SIGKILL and restarted
+/// a second later on the same JetStream store: a server of the scenario's own.
+pub async fn nats_restart(bin: &Path, size: Size, tag: &str) -> anyhow::Result<Outcome> {
+    let mut nats = OwnNats::start(tag)?;
+    let p = Provider::nats(tag, &nats.url());
+    let gateway = GatewayProcess::start(bin, &gateway_args(&p.args, &[]))?;
+    let work = Workload::start(&format!("ws://{}/ws", gateway.addr), size, tag).await?;
+    tokio::time::sleep(size.phase).await;
+    work.fault_started();
+    nats.kill();
+    let down_at = Instant::now();
+    tokio::time::sleep(DOWN).await;
+    nats.restart()?;
+    work.fault_ended();
+    // The client reconnects (backing off), JetStream recovers its store, the live consumer is re-created.
+    tokio::time::sleep(size.phase.max(Duration::from_secs(6))).await;
+    let recovery = work.first_ack_after(down_at, DOWN);
+    let done = work.finish(Duration::from_secs(30)).await;
+    drop(gateway);
+    drop(nats); // its store goes with it: nothing to clean on a shared server
+    Ok(Outcome::judge("nats-restart", "nats", done, recovery))
 }

@@ -10,7 +10,7 @@ mod soak;
 mod storm;
 
 pub use cluster::redis_cluster_failover;
-pub use database::{postgres_restart, redis_restart};
+pub use database::{nats_restart, postgres_restart, redis_restart};
 pub use gateway_kill::gateway_kill;
 pub use partition::{Heal, redis_partition};
 pub use slow_clients::slow_clients;

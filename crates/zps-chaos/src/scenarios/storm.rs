@@ -38,26 +38,34 @@ pub async fn reconnect_storm(
     work.publish_every(&url, size.publishers, Duration::from_millis(20))?;
     tokio::time::sleep(size.phase).await;
 
+    // Each client's state as of now: a reconnect shows as a change, however
+    // quickly it went (a client back within one poll interval still counts).
+    let mut states: Vec<_> = work
+        .group(group)
+        .clients
+        .iter()
+        .map(|c| {
+            let mut rx = c.state();
+            rx.borrow_and_update();
+            rx
+        })
+        .collect();
     work.fault_started();
     a.kill();
     let killed_at = Instant::now();
     let b = GatewayProcess::start_on(bin, port, &args)?;
     let restarted_ms = killed_at.elapsed().as_millis();
     work.fault_ended();
-    // Every client back: connected to B (its state went through a reconnect).
-    let all = &work.group(group).clients;
-    let mut back: Vec<Option<Duration>> = vec![None; all.len()];
-    let mut left_connected: Vec<bool> = vec![false; all.len()];
+    // Every client back: connected to B after its state went through a reconnect.
+    let mut back: Vec<Option<Duration>> = vec![None; states.len()];
     let deadline = killed_at + Duration::from_secs(60);
     while back.iter().any(Option::is_none) && Instant::now() < deadline {
-        for (i, c) in all.iter().enumerate() {
-            if back[i].is_some() {
-                continue;
-            }
-            match c.connection_state() {
-                ConnectionState::Connected if left_connected[i] => back[i] = Some(killed_at.elapsed()),
-                ConnectionState::Connected => {}
-                _ => left_connected[i] = true,
+        for (i, rx) in states.iter_mut().enumerate() {
+            if back[i].is_none()
+                && rx.has_changed().unwrap_or(false)
+                && matches!(*rx.borrow_and_update(), ConnectionState::Connected)
+            {
+                back[i] = Some(killed_at.elapsed());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
