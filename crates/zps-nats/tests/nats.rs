@@ -264,9 +264,13 @@ async fn one_id_published_at_once_through_two_processes_is_stored_once() {
 
 /// Writes an id record by hand, as a publisher that died mid-publish leaves it.
 async fn leave_pending_claim(prefix: &support::Prefix, id: &str) {
+    write_id_record(prefix, id, "pending").await;
+}
+
+async fn write_id_record(prefix: &support::Prefix, id: &str, value: &'static str) {
     let client = async_nats::connect(&prefix.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.publish(format!("{}.id.chat.orphan.{id}", prefix.name), "pending".into())
+    js.publish(format!("{}.id.chat.orphan.{id}", prefix.name), value.into())
         .await
         .unwrap()
         .await
@@ -309,6 +313,12 @@ async fn a_claim_left_by_a_dead_publisher_is_taken_over() {
     let third = transport.publish(event("stored")).await.unwrap();
     assert!(third.duplicate);
     assert_eq!(third.envelope.sequence, 2);
+
+    // A record naming no sequence (0) is a claim, not an answer: never "stored at 0".
+    write_id_record(&prefix, "zero", "0").await;
+    let zero = transport.publish(event("zero")).await.unwrap();
+    assert!(!zero.duplicate);
+    assert_eq!(zero.envelope.sequence, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

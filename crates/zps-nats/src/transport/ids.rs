@@ -37,8 +37,14 @@ pub(super) enum Claim {
     Stored(Envelope),
 }
 
+/// The sequence a finished record names; `None` for a claim (or anything that
+/// names no sequence: sequences start at 1), which is waited out like a claim.
 fn stored_sequence(record: &StreamMessage) -> Option<u64> {
-    std::str::from_utf8(&record.payload).ok()?.parse().ok()
+    std::str::from_utf8(&record.payload)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&sequence| sequence > 0)
 }
 
 impl NatsTransport {

@@ -77,11 +77,15 @@ impl NatsTransport {
 
     /// The room's event with this sequence, if still stored.
     pub(super) async fn event_by_room_seq(&self, room: &Room, sequence: u64) -> NatsResult<Option<Envelope>> {
+        let Some(after) = sequence.checked_sub(1) else {
+            // Sequences start at 1: a record naming 0 names nothing.
+            return Ok(None);
+        };
         let subject = self.inner.subjects.event(room);
         let Some(last) = self.last_message(&subject).await? else {
             return Ok(None);
         };
-        let Some(msg) = self.locate(&subject, sequence - 1, last).await? else {
+        let Some(msg) = self.locate(&subject, after, last).await? else {
             return Ok(None);
         };
         if room_seq(&msg)? != sequence {
