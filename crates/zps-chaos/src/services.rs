@@ -221,50 +221,88 @@ fn scratch_dir(kind: &str, tag: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A `redis-server` of the scenario's own (AOF with `appendfsync always`, so an
-/// acknowledged write survives its SIGKILL), restartable on the same port and data.
-pub struct OwnRedis {
+/// A database server process of the scenario's own — a `redis-server` or a
+/// `nats-server` — in a scratch folder on a free port, killed with SIGKILL and
+/// started again on the same port and data.
+pub struct OwnServer {
+    program: &'static str,
+    scheme: &'static str,
+    args: fn(u16, &Path) -> Vec<String>,
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
 }
 
-impl OwnRedis {
-    /// Starts it in a fresh folder on a free port.
-    pub fn start(tag: &str) -> anyhow::Result<Self> {
-        let mut r = Self {
-            dir: scratch_dir("redis", tag)?,
-            port: free_port()?,
-            child: None,
-        };
-        r.up()?;
-        Ok(r)
-    }
-
-    /// `redis://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args([
+impl OwnServer {
+    /// Redis with AOF and `appendfsync always`, so an acknowledged write
+    /// survives its SIGKILL.
+    pub fn redis(tag: &str) -> anyhow::Result<Self> {
+        Self::start("redis-server", "redis", tag, |port, dir| {
+            let port = port.to_string();
+            let dir = dir.display().to_string();
+            [
                 "--port",
-                &self.port.to_string(),
+                &port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
-            ])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&self.dir)
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                &dir,
+            ]
+            .map(String::from)
+            .to_vec()
+        })
+    }
+
+    /// NATS with JetStream; a process kill keeps what the server acknowledged
+    /// (it is in the kernel's page cache).
+    pub fn nats(tag: &str) -> anyhow::Result<Self> {
+        Self::start("nats-server", "nats", tag, |port, dir| {
+            let port = port.to_string();
+            let dir = dir.display().to_string();
+            ["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir]
+                .map(String::from)
+                .to_vec()
+        })
+    }
+
+    fn start(
+        program: &'static str,
+        scheme: &'static str,
+        tag: &str,
+        args: fn(u16, &Path) -> Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self {
+            program,
+            scheme,
+            args,
+            dir: scratch_dir(scheme, tag)?,
+            port: free_port()?,
+            child: None,
+        };
+        server.up()?;
+        Ok(server)
+    }
+
+    /// `SCHEME://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    fn up(&mut self) -> anyhow::Result<()> {
+        let child = Command::new(self.program)
+            .args((self.args)(self.port, &self.dir))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("redis-server is needed for the Redis scenarios")?;
+            .with_context(|| format!("{} is needed for this scenario", self.program))?;
         self.child = Some(child);
-        wait_listening(self.port, "redis-server")
+        wait_listening(self.port, self.program)
     }
 
     /// SIGKILL.
@@ -282,67 +320,7 @@ impl OwnRedis {
     }
 }
 
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A `nats-server` with JetStream of the scenario's own, restartable on the
-/// same port and store (a process kill keeps what the server acknowledged: it
-/// is in the kernel's page cache).
-pub struct OwnNats {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnNats {
-    /// Starts it in a fresh folder on a free port.
-    pub fn start(tag: &str) -> anyhow::Result<Self> {
-        let mut n = Self {
-            dir: scratch_dir("nats", tag)?,
-            port: free_port()?,
-            child: None,
-        };
-        n.up()?;
-        Ok(n)
-    }
-
-    /// `nats://127.0.0.1:PORT`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("nats-server is needed for the NATS scenarios")?;
-        self.child = Some(child);
-        wait_listening(self.port, "nats-server")
-    }
-
-    /// SIGKILL.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port and store.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        self.kill();
-        self.up()
-    }
-}
-
-impl Drop for OwnNats {
+impl Drop for OwnServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);

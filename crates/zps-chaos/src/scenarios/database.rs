@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Outcome, gateway_args};
 use crate::gateway::GatewayProcess;
-use crate::services::{OwnNats, OwnPostgres, OwnRedis, Provider, shared_postgres_url, shared_redis_url};
+use crate::services::{OwnPostgres, OwnServer, Provider, shared_postgres_url, shared_redis_url};
 use crate::workload::{Size, Workload};
 
 /// How long the database stays down.
@@ -18,7 +18,7 @@ const DOWN: Duration = Duration::from_secs(1);
 /// SIGKILL and restarted a second later: a Redis of the scenario's own (AOF,
 /// `appendfsync always`).
 pub async fn redis_restart(bin: &Path, provider: &str, size: Size, tag: &str) -> anyhow::Result<Outcome> {
-    let mut redis = OwnRedis::start(tag)?;
+    let mut redis = OwnServer::redis(tag)?;
     let p = Provider::on(provider, tag, &shared_postgres_url(), &redis.url())?;
     let gateway = GatewayProcess::start(bin, &gateway_args(&p.args, &[]))?;
     let work = Workload::start(&format!("ws://{}/ws", gateway.addr), size, tag).await?;
@@ -64,7 +64,7 @@ pub async fn postgres_restart(bin: &Path, provider: &str, size: Size, tag: &str)
 /// NATS (the `nats` provider's only server) killed with SIGKILL and restarted
 /// a second later on the same JetStream store: a server of the scenario's own.
 pub async fn nats_restart(bin: &Path, size: Size, tag: &str) -> anyhow::Result<Outcome> {
-    let mut nats = OwnNats::start(tag)?;
+    let mut nats = OwnServer::nats(tag)?;
     let p = Provider::nats(tag, &nats.url());
     let gateway = GatewayProcess::start(bin, &gateway_args(&p.args, &[]))?;
     let work = Workload::start(&format!("ws://{}/ws", gateway.addr), size, tag).await?;
