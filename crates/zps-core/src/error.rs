@@ -48,6 +48,17 @@ pub enum Error {
     Transport(#[from] TransportError),
 }
 
+impl From<zps_model::Error> for Error {
+    fn from(e: zps_model::Error) -> Self {
+        match e {
+            zps_model::Error::InvalidRoom(r) => Self::InvalidRoom(r),
+            zps_model::Error::InvalidEvent(m) => Self::InvalidEvent(m),
+            // `zps_model::Error` is non-exhaustive; anything new is an input error too.
+            other => Self::InvalidEvent(other.to_string()),
+        }
+    }
+}
+
 impl Error {
     /// The stable code of this error (see [`ErrorCode`]).
     pub fn code(&self) -> ErrorCode {

@@ -301,12 +301,6 @@ where
         .subscribe()
 }
 
-impl<'a> From<&'a Room> for Room {
-    fn from(r: &'a Room) -> Self {
-        r.clone()
-    }
-}
-
 impl LocalFanout<Arc<crate::envelope::Envelope>> {
     /// The stream as the engine reads it from a transport: events, and a lag notice
     /// per pattern whose channel overflowed (the engine then re-reads history).

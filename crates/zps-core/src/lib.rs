@@ -29,19 +29,19 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
 pub mod engine;
-pub mod envelope;
 pub mod error;
 pub mod fanout;
 pub mod fast_hash;
 pub mod memory;
 pub mod metrics;
 pub mod middleware;
-pub mod room;
-pub mod sequence;
-pub mod time;
 pub mod transport;
+
+// The shared model lives in `zps-model` (no async runtime, so clients use it
+// without the engine); its modules keep their paths here.
+pub use zps_model::room::{self};
+pub use zps_model::{backoff, envelope, room_sync, sequence, time};
 
 pub use backoff::Backoff;
 pub use engine::{

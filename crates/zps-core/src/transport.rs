@@ -101,18 +101,7 @@ pub struct ReplayPage {
     pub exhausted: bool,
 }
 
-/// Where a room's retained history starts and ends, and which history it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RoomInfo {
-    /// Changes whenever the provider lost or reset this room's history;
-    /// sequences are comparable only within one epoch.
-    pub epoch: String,
-    /// The newest sequence (0 when nothing was ever published).
-    pub last_sequence: u64,
-    /// The oldest sequence still retained; `last_sequence + 1` when nothing is retained.
-    pub earliest_sequence: u64,
-}
+pub use zps_model::room_sync::RoomInfo;
 
 /// A room whose dead-letter queue is not empty: one row of the operator's index
 /// of dead letters across every room (`GET /api/v1/dlq`).

@@ -74,7 +74,7 @@ impl Realtime {
                     slots.push(i);
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => results.push(Some(Err(e.into()))),
             }
         }
         if !self.inner.transport.batches_publishes() {

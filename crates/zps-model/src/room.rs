@@ -128,7 +128,7 @@ impl Room {
 /// Shorthand for [`Room::new`], mirroring the seed's `room('chat', '123')`.
 ///
 /// ```
-/// let r = zps_core::room("chat", "123").unwrap();
+/// let r = zps_model::room("chat", "123").unwrap();
 /// assert_eq!(r.as_str(), "chat:123");
 /// assert_eq!(r.scope(), "chat");
 /// ```
@@ -207,7 +207,7 @@ impl RoomPattern {
     /// Parses `scope:resource` (exact) or `scope:*` (wildcard); a bare `*` is refused.
     ///
     /// ```
-    /// use zps_core::{Room, RoomPattern};
+    /// use zps_model::{Room, RoomPattern};
     /// let p = RoomPattern::parse("chat:*").unwrap();
     /// assert!(p.matches(&Room::parse("chat:1").unwrap()));
     /// assert!(!p.matches(&Room::parse("order:1").unwrap()));
@@ -395,5 +395,11 @@ mod tests {
             let _ = Room::parse(&s);
             let _ = RoomPattern::parse(&s);
         }
+    }
+}
+
+impl<'a> From<&'a Room> for Room {
+    fn from(r: &'a Room) -> Self {
+        r.clone()
     }
 }

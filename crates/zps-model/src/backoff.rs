@@ -12,7 +12,7 @@ use rand::Rng;
 /// ```
 /// use std::time::Duration;
 /// use rand::SeedableRng;
-/// use zps_core::Backoff;
+/// use zps_model::Backoff;
 ///
 /// let b = Backoff { base: Duration::from_millis(100), cap: Duration::from_secs(2), max_attempts: None };
 /// assert_eq!(b.ceiling(3), Duration::from_millis(800));

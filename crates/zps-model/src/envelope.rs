@@ -143,6 +143,13 @@ impl Sequenced for Envelope {
     }
 }
 
+/// A bare sequence number orders as itself (tests and simulations).
+impl Sequenced for u64 {
+    fn sequence(&self) -> u64 {
+        *self
+    }
+}
+
 impl<T: Sequenced + ?Sized> Sequenced for Arc<T> {
     fn sequence(&self) -> u64 {
         (**self).sequence()
@@ -172,11 +179,11 @@ impl PublishRequest {
     /// A request with a serializable payload.
     ///
     /// ```
-    /// use zps_core::{room, PublishRequest};
+    /// use zps_model::{room, PublishRequest};
     /// let req = PublishRequest::new(room("chat", "1")?, "message.created", &serde_json::json!({"text": "hi"}))?
     ///     .with_id("msg-1");
     /// assert_eq!(req.payload.get(), r#"{"text":"hi"}"#);
-    /// # Ok::<(), zps_core::Error>(())
+    /// # Ok::<(), zps_model::Error>(())
     /// ```
     pub fn new<T: Serialize + ?Sized>(
         room: Room,

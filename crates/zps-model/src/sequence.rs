@@ -34,6 +34,9 @@ pub struct SequenceTracker<T> {
     next: u64,
     pending: BTreeMap<u64, T>,
     max_pending: usize,
+    /// Every sequence up to here that is not buffered is known never to come
+    /// (history said so): holes below it are stepped over, buffered items kept.
+    settled: u64,
 }
 
 impl<T: Sequenced> SequenceTracker<T> {
@@ -43,6 +46,7 @@ impl<T: Sequenced> SequenceTracker<T> {
             next: last_delivered.saturating_add(1),
             pending: BTreeMap::new(),
             max_pending: max_pending.max(1),
+            settled: 0,
         }
     }
 
@@ -61,12 +65,15 @@ impl<T: Sequenced> SequenceTracker<T> {
         self.pending.len()
     }
 
-    /// The fast path of an in-order stream: when nothing is buffered and `item` is
-    /// exactly the next one, take it (the cursor advances) and hand it back for
-    /// delivery; otherwise give it back untouched for [`SequenceTracker::offer`].
+    /// The fast path of an in-order stream: when `item` is exactly the next one (and
+    /// so fills whatever hole comes first), take it (the cursor advances) and hand it
+    /// back for delivery; otherwise give it back untouched for
+    /// [`SequenceTracker::offer`]. Buffered items may be ready after it: pop them.
     pub fn take_next(&mut self, item: T) -> Result<T, T> {
-        if self.pending.is_empty() && item.sequence() == self.next {
+        let seq = item.sequence();
+        if seq == self.next && self.pending.first_key_value().is_none_or(|(&k, _)| k > seq) {
             self.next += 1;
+            self.step_over_settled();
             Ok(item)
         } else {
             Err(item)
@@ -83,6 +90,7 @@ impl<T: Sequenced> SequenceTracker<T> {
             return Offer::Overflow;
         }
         self.pending.insert(seq, item);
+        self.step_over_settled();
         match self.missing() {
             Some((from, to)) => Offer::Gap { from, to },
             None => Offer::Accepted,
@@ -96,13 +104,52 @@ impl<T: Sequenced> SequenceTracker<T> {
             return None;
         }
         self.next += 1;
-        Some(entry.remove())
+        let item = entry.remove();
+        self.step_over_settled();
+        Some(item)
+    }
+
+    /// Declares that every sequence up to `sequence` that is not buffered now will
+    /// never arrive (a history page scanned that far): the holes below it are stepped
+    /// over as delivery reaches them, and nothing buffered is dropped.
+    pub fn settle_through(&mut self, sequence: u64) {
+        self.settled = self.settled.max(sequence);
+        self.step_over_settled();
+    }
+
+    /// Moves the cursor over settled holes, never past a buffered item.
+    fn step_over_settled(&mut self) {
+        if self.next > self.settled {
+            return;
+        }
+        let first = self.pending.first_key_value().map(|(&k, _)| k);
+        self.next = match first {
+            Some(k) if k <= self.settled + 1 => k.max(self.next),
+            _ => self.settled + 1,
+        };
     }
 
     /// The hole in front of the buffered items, if any.
     pub fn missing(&self) -> Option<(u64, u64)> {
         let (&first, _) = self.pending.first_key_value()?;
         (first > self.next).then(|| (self.next, first - 1))
+    }
+
+    /// Where delivery would stand after handing out every ready item, and the first
+    /// hole after that (`[from, to]`, neither buffered nor settled). Walks the ready
+    /// run, so it costs one step per ready item.
+    pub fn frontier(&self) -> (u64, Option<(u64, u64)>) {
+        let mut expected = self.next;
+        for &k in self.pending.keys() {
+            if expected <= self.settled {
+                expected = expected.max(k.min(self.settled + 1));
+            }
+            if k > expected {
+                return (expected - 1, Some((expected, k - 1)));
+            }
+            expected = k + 1;
+        }
+        (expected.max(self.settled + 1) - 1, None)
     }
 
     /// Declares everything up to `sequence` settled (filtered, expired or skipped on
@@ -116,6 +163,7 @@ impl<T: Sequenced> SequenceTracker<T> {
         let keep = self.pending.split_off(&self.next);
         let dropped = self.pending.len();
         self.pending = keep;
+        self.step_over_settled();
         dropped
     }
 
@@ -123,6 +171,7 @@ impl<T: Sequenced> SequenceTracker<T> {
     pub fn reset(&mut self, last_delivered: u64) {
         self.next = last_delivered.saturating_add(1);
         self.pending.clear();
+        self.settled = 0;
     }
 }
 
@@ -159,10 +208,28 @@ mod tests {
         assert_eq!(t.take_next(Item(4)), Err(Item(4)), "already delivered");
         assert_eq!(t.take_next(Item(6)), Err(Item(6)), "ahead of the cursor");
         t.offer(Item(7));
-        assert_eq!(t.take_next(Item(5)), Err(Item(5)), "something is buffered");
-        assert_eq!(t.offer(Item(5)), Offer::Accepted);
-        assert_eq!(drain(&mut t), vec![5]);
-        assert_eq!(t.last_delivered(), 5);
+        assert_eq!(t.take_next(Item(5)), Ok(Item(5)), "fills the hole in front of 7");
+        assert_eq!(t.take_next(Item(7)), Err(Item(7)), "already buffered");
+        assert_eq!(t.offer(Item(6)), Offer::Accepted);
+        assert_eq!(drain(&mut t), vec![6, 7]);
+        assert_eq!(t.last_delivered(), 7);
+    }
+
+    #[test]
+    fn settled_holes_are_stepped_over_and_buffered_items_kept() {
+        let mut t = SequenceTracker::new(0, 8);
+        t.offer(Item(3));
+        t.offer(Item(9));
+        assert_eq!(t.frontier(), (0, Some((1, 2))));
+        // History scanned through 6: 1, 2, 4, 5, 6 do not exist; 3 is kept.
+        t.settle_through(6);
+        assert_eq!(t.frontier(), (6, Some((7, 8))));
+        assert_eq!(drain(&mut t), vec![3]);
+        assert_eq!(t.next_expected(), 7);
+        assert_eq!(t.missing(), Some((7, 8)));
+        t.settle_through(8);
+        assert_eq!(drain(&mut t), vec![9]);
+        assert_eq!(t.frontier(), (9, None));
     }
 
     #[test]
