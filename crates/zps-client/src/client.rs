@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use zps_core::{Metadata, PresenceMember, Room, RoomPattern, Snapshot};
+use zps_model::{Metadata, PresenceMember, Room, RoomPattern, Snapshot};
 use zps_protocol::{PublishEphemeral, PublishEvent};
 
 use crate::driver::{Command, Driver, Dropped, Outgoing, Reply};
@@ -264,7 +264,7 @@ impl Client {
                 event_type: event.event_type,
                 room: event.room,
                 payload: event.payload,
-                id: Some(event.id.unwrap_or_else(zps_core::envelope::generate_id)),
+                id: Some(event.id.unwrap_or_else(zps_model::envelope::generate_id)),
                 ttl_ms: event
                     .ttl
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),

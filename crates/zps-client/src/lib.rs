@@ -69,8 +69,8 @@ pub use subscription::{EphemeralSubscription, PresenceSubscription, Subscription
 pub use types::{
     ClientEvent, ConnectionState, EphemeralMessage, OutgoingEvent, PresenceEvent, Published, RoomPosition,
 };
-pub use zps_core::Backoff;
-pub use zps_core::{DiscontinuityReason, Envelope, Metadata, PresenceMember, Snapshot};
+pub use zps_model::Backoff;
+pub use zps_model::{DiscontinuityReason, Envelope, Metadata, PresenceMember, Snapshot};
 pub use zps_protocol::{CloseCode, ErrorCode};
 
 /// `docs/client.md`'s examples, compiled as doctests so they cannot rot.

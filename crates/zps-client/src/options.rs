@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::error::ClientError;
-use zps_core::Backoff;
+use zps_model::Backoff;
 
 /// Supplies a fresh token on every (re)connect and when the server warns that the
 /// current one expires; an error counts as a failed connection attempt.
@@ -219,7 +219,7 @@ impl ClientOptions {
 
     /// Checks ranges; called by [`crate::Client::connect`].
     pub(crate) fn validate(&self) -> Result<(), ClientError> {
-        if let Err(e) = zps_core::envelope::validate_token("subscriberId", &self.subscriber_id) {
+        if let Err(e) = zps_model::envelope::validate_token("subscriberId", &self.subscriber_id) {
             return Err(ClientError::InvalidOption(e.to_string()));
         }
         let positive = [

@@ -1,7 +1,10 @@
-//! One room's delivery state: where the application stands (last delivered
-//! sequence and epoch), the out-of-order buffer ([`SequenceTracker`]), gap
-//! repair by `replay_request`, discontinuities, and the hand-off to the
-//! subscription's bounded channel.
+//! One room's delivery state on the client: where the application stands
+//! (epoch, whether the start point is known), the protocol's handshake
+//! (`subscribed`, resubscribes after a reconnect, wildcard rooms), replay
+//! requests on the wire, and the hand-off to the subscription's bounded
+//! channel. The ordering itself — the reorder buffer, gap repair, paging,
+//! discontinuities — is [`RoomSync`], the rule the engine and the gateway
+//! drive too.
 //!
 //! No I/O and no clock of its own: the connection task feeds it frames and
 //! the current time and sends the replay requests it asks for. Delivery never
@@ -16,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
-use zps_core::sequence::{Offer, SequenceTracker};
-use zps_core::{DiscontinuityReason, Envelope};
+use zps_model::room_sync::{Delivery, FetchId, Page, RoomSync, SyncConfig};
+use zps_model::{Backoff, DiscontinuityReason, Envelope};
 use zps_protocol::{DiscontinuityNotice, Replay, ReplayRequest, Subscribed};
 
 use crate::options::StartAt;
@@ -51,14 +54,27 @@ pub(crate) struct Tuning {
     pub(crate) max_buffer: usize,
 }
 
-/// Wait after a refused replay before asking again.
+/// Wait after a refused replay before asking again (at least).
 const REPLAY_ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
-struct Outstanding {
-    id: String,
-    to: Option<u64>,
-    sent: Instant,
+impl Tuning {
+    /// The ordering rule tuned for a client: a hole waits one throttle for late
+    /// frames, reads are spaced by it, and an unanswered one is asked again.
+    fn sync(&self) -> SyncConfig {
+        let retry = self.throttle.max(REPLAY_ERROR_BACKOFF);
+        SyncConfig {
+            max_buffer: self.max_buffer,
+            reorder_window: self.throttle,
+            fetch_spacing: self.throttle,
+            fetch_timeout: Some(self.request_timeout),
+            retry: Backoff {
+                base: retry,
+                cap: retry,
+                max_attempts: None,
+            },
+            history: true,
+        }
+    }
 }
 
 /// Delivery state of one room.
@@ -67,7 +83,7 @@ pub(crate) struct RoomTrack {
     pub(crate) sink: Sink,
     /// Tracked because a `scope:*` subscription saw it (no `subscribed` per room).
     pub(crate) via_wildcard: bool,
-    tracker: SequenceTracker<Arc<Envelope>>,
+    sync: RoomSync<Arc<Envelope>>,
     /// Whether the start point is known (false: a cursor resume or a wildcard room
     /// that has not shown an event yet; the first event anchors it).
     anchored: bool,
@@ -79,15 +95,13 @@ pub(crate) struct RoomTrack {
     /// Wildcard rooms after a reconnect: a first event at or below the last delivered
     /// sequence means the history was reset.
     verify_reset: bool,
+    /// Items for the consumer ahead of everything the sync hands out (a refused
+    /// resubscribe).
     notices: VecDeque<ClientEvent>,
-    /// Behind the server by an unknown amount: page from the last delivered event until
-    /// a page says nothing more exists.
-    catch_up: bool,
-    /// Events were dropped (buffer full) since the last request was sent.
-    overflowed: bool,
-    outstanding: Option<Outstanding>,
-    due: Option<Instant>,
-    last_request: Option<Instant>,
+    /// The `replay_request` in flight: its wire id and the read it is for.
+    request: Option<(String, FetchId)>,
+    /// When the room last looked at the clock (a due read is due from then).
+    checked_at: Instant,
     /// The consumer's channel is full; delivery resumes when it takes something.
     pub(crate) blocked: bool,
     /// The consumer is gone.
@@ -103,7 +117,7 @@ impl RoomTrack {
             StartAt::After { sequence, epoch } => (true, *sequence, epoch.clone()),
         };
         let mut t = Self::new(room, sink, false, tune, now);
-        t.tracker = SequenceTracker::new(last, tune.max_buffer);
+        t.sync = RoomSync::new(last, tune.sync());
         t.anchored = anchored;
         t.epoch = epoch;
         t
@@ -119,18 +133,15 @@ impl RoomTrack {
             room,
             sink,
             via_wildcard,
-            tracker: SequenceTracker::new(0, tune.max_buffer),
+            sync: RoomSync::new(0, tune.sync()),
             anchored: false,
             epoch: None,
             confirmed: via_wildcard,
             sent_position: None,
             verify_reset: false,
             notices: VecDeque::new(),
-            catch_up: false,
-            overflowed: false,
-            outstanding: None,
-            due: None,
-            last_request: None,
+            request: None,
+            checked_at: now,
             blocked: false,
             closed: false,
             last_seen: now,
@@ -141,14 +152,14 @@ impl RoomTrack {
     /// or nothing while the start point is unknown.
     pub(crate) fn resume_position(&self) -> Option<(u64, Option<&str>)> {
         self.anchored
-            .then(|| (self.tracker.last_delivered(), self.epoch.as_deref()))
+            .then(|| (self.sync.last_delivered(), self.epoch.as_deref()))
     }
 
     /// Where the application stands.
     pub(crate) fn position(&self) -> RoomPosition {
         RoomPosition {
             sequence: if self.anchored {
-                self.tracker.last_delivered()
+                self.sync.last_delivered()
             } else {
                 0
             },
@@ -161,24 +172,28 @@ impl RoomTrack {
     pub(crate) fn on_disconnect(&mut self) {
         self.confirmed = self.via_wildcard;
         self.sent_position = None;
-        self.outstanding = None;
-        self.due = None;
-        self.catch_up = false;
-        self.overflowed = false;
+        self.request = None;
+        self.sync.forget_fetches();
         if self.via_wildcard && self.anchored {
             self.verify_reset = true;
         }
     }
 
     /// The answer to this connection's `subscribe`.
-    pub(crate) fn on_subscribed(&mut self, s: &Subscribed, now: Instant, tune: &Tuning) {
+    pub(crate) fn on_subscribed(&mut self, s: &Subscribed, now: Instant) {
         self.confirmed = true;
         let sent = self.sent_position.take();
         match s.recovered {
             Some(false) => {
-                let earliest = s.earliest_sequence.unwrap_or(1).max(1);
-                self.push_discontinuity(parse_reason(s.reason.as_deref()), s.epoch.clone(), earliest);
-                self.tracker.reset(earliest - 1);
+                let earliest = s.earliest_sequence.unwrap_or(1);
+                let reason = s
+                    .reason
+                    .as_deref()
+                    .map_or(DiscontinuityReason::StreamReset, DiscontinuityReason::parse);
+                if !self.anchored {
+                    self.sync.restart_after(0);
+                }
+                self.sync.on_discontinuity(reason, earliest, s.epoch.clone());
                 self.anchored = true;
             }
             Some(true) => {
@@ -192,7 +207,7 @@ impl RoomTrack {
                 if sent.is_none() {
                     // Live only: the room's newest sequence is the starting point, so a later
                     // resume works even if nothing was received yet.
-                    self.tracker.reset(s.last_sequence.unwrap_or(0));
+                    self.sync.restart_after(s.last_sequence.unwrap_or(0));
                     self.anchored = true;
                 }
             }
@@ -200,110 +215,100 @@ impl RoomTrack {
         if s.epoch.is_some() {
             self.epoch = s.epoch.clone();
         }
-        self.drain(now, tune);
+        self.drain(now);
     }
 
     /// A live or catch-up `event` frame.
-    pub(crate) fn on_event(&mut self, env: Arc<Envelope>, now: Instant, tune: &Tuning) {
+    pub(crate) fn on_event(&mut self, env: Arc<Envelope>, now: Instant) {
         self.last_seen = now;
         let seq = env.sequence;
         if !self.anchored {
-            self.tracker.reset(seq.saturating_sub(1));
+            self.sync.restart_after(seq.saturating_sub(1));
             self.anchored = true;
         }
         if self.verify_reset {
             self.verify_reset = false;
-            if seq <= self.tracker.last_delivered() {
+            if seq <= self.sync.last_delivered() {
                 // A wildcard resubscribe is live-only, so an old sequence means a new history.
-                self.push_discontinuity(DiscontinuityReason::StreamReset, None, 1);
-                self.tracker.reset(0);
+                self.sync
+                    .on_discontinuity(DiscontinuityReason::StreamReset, 1, None);
                 self.epoch = None;
             }
         }
-        match self.tracker.offer(env) {
-            Offer::Accepted | Offer::Duplicate => {}
-            Offer::Gap { .. } => self.schedule(now + tune.throttle, tune),
-            Offer::Overflow => {
-                self.overflowed = true;
-                self.catch_up = true;
-                self.schedule(now, tune);
+        // The common case goes straight to the consumer when it has room.
+        let fast = self.notices.is_empty() && !self.blocked && !self.closed;
+        let held = match fast.then(|| reserve(&self.sink.tx, &mut self.blocked, &mut self.closed)) {
+            Some(Some(permit)) => {
+                if let Some(env) = self.sync.on_live(env) {
+                    if self.sink.accepts(&env.event_type) {
+                        permit.send(ClientEvent::Event(env));
+                    }
+                }
+                None
             }
+            _ => Some(env),
+        };
+        match held {
+            Some(env) => self.sync.hold_live(env),
+            None if self.sync.buffered() == 0 && !self.sync.wants_fetch() => return,
+            None => {}
         }
-        self.drain(now, tune);
+        self.drain(now);
     }
 
     /// A mid-stream `discontinuity`: the history restarted at `earliestSequence`.
-    pub(crate) fn on_discontinuity(&mut self, d: &DiscontinuityNotice, now: Instant, tune: &Tuning) {
+    pub(crate) fn on_discontinuity(&mut self, d: &DiscontinuityNotice, now: Instant) {
         if !self.confirmed {
             return;
         }
-        self.push_discontinuity(
-            parse_reason(Some(&d.reason)),
-            Some(d.epoch.clone()),
+        if !self.anchored {
+            self.sync.restart_after(0);
+        }
+        self.sync.on_discontinuity(
+            DiscontinuityReason::parse(&d.reason),
             d.earliest_sequence,
+            Some(d.epoch.clone()),
         );
-        self.tracker.reset(d.earliest_sequence.saturating_sub(1));
         self.epoch = Some(d.epoch.clone());
         self.anchored = true;
-        self.outstanding = None;
-        self.due = None;
-        self.catch_up = false;
-        self.overflowed = false;
-        self.drain(now, tune);
+        self.request = None;
+        self.drain(now);
     }
 
     /// A `replay` page; returns false when it does not answer this room's request.
-    pub(crate) fn on_replay(&mut self, page: Replay, now: Instant, tune: &Tuning) -> bool {
-        let Some(o) = &self.outstanding else {
+    pub(crate) fn on_replay(&mut self, page: Replay, now: Instant) -> bool {
+        let Some((id, fetch)) = &self.request else {
             return false;
         };
-        if page.request_id.as_deref() != Some(o.id.as_str()) {
+        if page.request_id.as_deref() != Some(id.as_str()) {
             return false;
         }
-        let asked_to = o.to;
-        self.outstanding = None;
-        let mut overflow_at: Option<u64> = None;
-        for e in page.events {
-            let seq = e.sequence;
-            if seq <= self.tracker.last_delivered() {
-                continue;
-            }
-            if self.tracker.offer(Arc::new(e)) == Offer::Overflow {
-                overflow_at.get_or_insert(seq);
-                self.overflowed = true;
-            }
-            self.drain(now, tune);
-            if self.closed {
-                return true;
-            }
-        }
-        // Every sequence up to `scannedTo` is final: in the page, expired, or never existing.
-        let settled = overflow_at.map_or(page.scanned_to, |s| page.scanned_to.min(s - 1));
-        self.settle(settled, now, tune);
-        if page.has_more {
-            if asked_to.is_none() {
-                self.catch_up = true;
-            }
-            self.due = Some(now);
-        } else if self.overflowed {
-            self.catch_up = true;
-            self.schedule(now, tune);
-        } else {
-            self.catch_up = false;
-            if self.tracker.missing().is_some() {
-                self.schedule(now + tune.throttle, tune);
-            }
-        }
+        let fetch = *fetch;
+        self.request = None;
+        self.sync.on_page(
+            fetch,
+            Page {
+                items: page.events.into_iter().map(Arc::new).collect(),
+                scanned_to: page.scanned_to,
+                has_more: page.has_more,
+            },
+        );
+        self.drain(now);
         true
     }
 
     /// An `error` answering this room's replay request; returns false when it does not.
-    pub(crate) fn on_replay_error(&mut self, request_id: &str, now: Instant, tune: &Tuning) -> bool {
-        if self.outstanding.as_ref().is_none_or(|o| o.id != request_id) {
+    pub(crate) fn on_replay_error(&mut self, request_id: &str, now: Instant) -> bool {
+        let Some((id, fetch)) = &self.request else {
+            return false;
+        };
+        if id != request_id {
             return false;
         }
-        self.outstanding = None;
-        self.due = Some(now + tune.throttle.max(REPLAY_ERROR_BACKOFF));
+        let fetch = *fetch;
+        self.request = None;
+        self.sync.on_fetch_failed(fetch, now.into_std());
+        self.check_clock(now);
         true
     }
 
@@ -314,37 +319,21 @@ impl RoomTrack {
         tune: &Tuning,
         next_id: impl FnOnce() -> String,
     ) -> Option<ReplayRequest> {
-        if let Some(o) = &self.outstanding {
-            if now < o.sent + tune.request_timeout {
-                return None;
-            }
-            // No answer (dropped by a rate limit, say): ask again.
-            self.outstanding = None;
-            self.catch_up = true;
-            self.due = Some(now);
+        self.check_clock(now);
+        if !self.sync.is_fetching() {
+            // A request the sync gave up on (timed out) is no longer awaited.
+            self.request = None;
         }
-        let due = self.due?;
-        if now < due || !self.can_request() {
+        if !self.can_request() {
             return None;
         }
-        self.due = None;
-        let to = if self.catch_up || self.overflowed {
-            None
-        } else {
-            Some(self.tracker.missing()?.1)
-        };
+        let fetch = self.sync.poll_fetch(now.into_std())?;
         let id = next_id();
-        self.outstanding = Some(Outstanding {
-            id: id.clone(),
-            to,
-            sent: now,
-        });
-        self.last_request = Some(now);
-        self.overflowed = false;
+        self.request = Some((id.clone(), fetch.id));
         Some(ReplayRequest {
             room: self.room.to_string(),
-            from_sequence: self.tracker.last_delivered(),
-            to_sequence: to,
+            from_sequence: fetch.after,
+            to_sequence: fetch.through,
             limit: Some(tune.page_size),
             event_types: None,
             request_id: Some(id),
@@ -353,31 +342,39 @@ impl RoomTrack {
 
     /// When [`RoomTrack::poll_replay`] next has something to do (`None`: nothing, or
     /// waiting for the consumer / the `subscribed` answer).
-    pub(crate) fn deadline(&self, tune: &Tuning) -> Option<Instant> {
-        if let Some(o) = &self.outstanding {
-            return Some(o.sent + tune.request_timeout);
-        }
-        if !self.can_request() {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        if !self.sync.is_fetching() && !self.can_request() {
             return None;
         }
-        self.due
+        match self.sync.poll_timeout() {
+            Some(t) => Some(Instant::from_std(t)),
+            None => self.sync.wants_fetch().then_some(self.checked_at),
+        }
     }
 
     /// Whether this room still needs the replay timer.
     pub(crate) fn wants_timer(&self) -> bool {
-        self.outstanding.is_some() || self.due.is_some()
+        self.sync.is_fetching() || self.sync.wants_fetch() || self.sync.poll_timeout().is_some()
     }
 
     fn can_request(&self) -> bool {
         self.confirmed && self.anchored && !self.blocked && !self.closed
     }
 
+    /// Lets the sync see the time (a hole's reorder window starts, a read times out).
+    /// Skipped while the consumer is full: nothing is read then anyway.
+    fn check_clock(&mut self, now: Instant) {
+        if !self.blocked {
+            self.checked_at = now;
+            self.sync.handle_timeout(now.into_std());
+        }
+    }
+
     /// Hands ready items to the consumer while its channel has room.
-    pub(crate) fn drain(&mut self, now: Instant, tune: &Tuning) {
+    pub(crate) fn drain(&mut self, now: Instant) {
         if self.closed {
             return;
         }
-        let was_blocked = self.blocked;
         self.blocked = false;
         while !self.notices.is_empty() {
             let Some(permit) = reserve(&self.sink.tx, &mut self.blocked, &mut self.closed) else {
@@ -387,88 +384,33 @@ impl RoomTrack {
                 permit.send(n);
             }
         }
-        while self.tracker.pending_len() > 0 && self.tracker.missing().is_none() {
+        while self.sync.has_deliverable() {
             let Some(permit) = reserve(&self.sink.tx, &mut self.blocked, &mut self.closed) else {
                 return;
             };
-            let Some(env) = self.tracker.pop_ready() else {
-                break;
-            };
-            if self.sink.accepts(&env.event_type) {
-                permit.send(ClientEvent::Event(env));
+            match self.sync.poll_deliver() {
+                Some(Delivery::Event(env, _)) => {
+                    if self.sink.accepts(&env.event_type) {
+                        permit.send(ClientEvent::Event(env));
+                    }
+                }
+                Some(Delivery::Notice(n)) => permit.send(ClientEvent::Discontinuity {
+                    room: self.room.to_string(),
+                    reason: n.reason,
+                    epoch: n.epoch,
+                    earliest_sequence: n.earliest_sequence,
+                    last_delivered: n.last_delivered,
+                }),
+                None => break,
             }
         }
-        if was_blocked && (self.catch_up || self.overflowed || self.tracker.missing().is_some()) {
-            self.schedule(now, tune);
-        }
+        self.check_clock(now);
     }
 
     /// Queues an item ahead of everything not yet delivered (a refused resubscribe).
-    pub(crate) fn push_notice(&mut self, item: ClientEvent, now: Instant, tune: &Tuning) {
+    pub(crate) fn push_notice(&mut self, item: ClientEvent, now: Instant) {
         self.notices.push_back(item);
-        self.drain(now, tune);
-    }
-
-    fn push_discontinuity(&mut self, reason: DiscontinuityReason, epoch: Option<String>, earliest: u64) {
-        let last_delivered = if self.anchored {
-            self.tracker.last_delivered()
-        } else {
-            0
-        };
-        self.notices.push_back(ClientEvent::Discontinuity {
-            room: self.room.to_string(),
-            reason,
-            epoch,
-            earliest_sequence: earliest,
-            last_delivered,
-        });
-    }
-
-    /// Skips holes up to `limit` that history says will never be filled (expired events),
-    /// delivering what is buffered around them.
-    fn settle(&mut self, limit: u64, now: Instant, tune: &Tuning) {
-        loop {
-            if self.closed {
-                return;
-            }
-            if self.tracker.pending_len() == 0 {
-                if self.tracker.next_expected() <= limit {
-                    self.tracker.skip_through(limit);
-                }
-                return;
-            }
-            if self.blocked {
-                return;
-            }
-            match self.tracker.missing() {
-                Some((from, to)) if from <= limit => {
-                    self.tracker.skip_through(to.min(limit));
-                    self.drain(now, tune);
-                }
-                _ => return,
-            }
-        }
-    }
-
-    /// Asks for a replay no earlier than `earliest` and no sooner than `throttle` after the
-    /// previous request.
-    fn schedule(&mut self, earliest: Instant, tune: &Tuning) {
-        if self.outstanding.is_some() {
-            // The answer re-evaluates what is still missing.
-            return;
-        }
-        let spaced = self
-            .last_request
-            .map_or(earliest, |t| earliest.max(t + tune.throttle));
-        self.due = Some(self.due.map_or(spaced, |d| d.min(spaced)));
-    }
-}
-
-fn parse_reason(reason: Option<&str>) -> DiscontinuityReason {
-    match reason {
-        Some("position_expired") => DiscontinuityReason::PositionExpired,
-        // Unknown reasons are treated as the stronger statement.
-        _ => DiscontinuityReason::StreamReset,
+        self.drain(now);
     }
 }
 

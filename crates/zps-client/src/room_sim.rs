@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use zps_core::{Envelope, Room};
+use zps_model::{Envelope, Room};
 use zps_protocol::{Replay, ReplayRequest, Subscribed};
 
 use crate::options::StartAt;
@@ -102,7 +102,7 @@ struct Sim {
 }
 
 fn envelope(seq: u64) -> Arc<Envelope> {
-    let now = zps_core::Timestamp::now();
+    let now = zps_model::Timestamp::now();
     Arc::new(Envelope {
         id: format!("e{seq}"),
         event_type: "t".into(),
@@ -110,7 +110,7 @@ fn envelope(seq: u64) -> Arc<Envelope> {
         sequence: seq,
         emitted_at: now,
         expires_at: now,
-        payload: zps_core::envelope::null_payload(),
+        payload: zps_model::envelope::null_payload(),
         metadata: None,
         encrypted: false,
     })
@@ -281,7 +281,7 @@ impl Sim {
             }
         }
         if took && self.track.blocked {
-            self.track.drain(self.now, &self.tune);
+            self.track.drain(self.now);
         }
     }
 
@@ -294,16 +294,16 @@ impl Sim {
             let Some((_, frame)) = self.link.pop_front() else {
                 break;
             };
-            let (now, tune) = (self.now, self.tune);
+            let now = self.now;
             match frame {
-                Frame::Subscribed(s) => self.track.on_subscribed(&s, now, &tune),
-                Frame::Event(e) if self.track.confirmed => self.track.on_event(e, now, &tune),
+                Frame::Subscribed(s) => self.track.on_subscribed(&s, now),
+                Frame::Event(e) if self.track.confirmed => self.track.on_event(e, now),
                 Frame::Event(_) => {}
                 Frame::Page(p) => {
-                    self.track.on_replay(p, now, &tune);
+                    self.track.on_replay(p, now);
                 }
                 Frame::Refused(id) => {
-                    self.track.on_replay_error(&id, now, &tune);
+                    self.track.on_replay_error(&id, now);
                 }
             }
         }
@@ -313,7 +313,7 @@ impl Sim {
         if !self.connected && self.now >= self.reconnect_at {
             self.connect();
         }
-        if self.track.deadline(&self.tune).is_some_and(|d| d <= self.now) {
+        if self.track.deadline().is_some_and(|d| d <= self.now) {
             let (now, tune) = (self.now, self.tune);
             let n = &mut self.next_request;
             let req = self.track.poll_replay(now, &tune, || {

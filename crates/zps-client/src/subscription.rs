@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use zps_core::Envelope;
+use zps_model::Envelope;
 
 use crate::client::Client;
 use crate::driver::{Command, Dropped};

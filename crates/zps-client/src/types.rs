@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use zps_core::{DiscontinuityReason, Envelope, Metadata, PresenceMember};
+use zps_model::{DiscontinuityReason, Envelope, Metadata, PresenceMember};
 
 use crate::error::ClientError;
 
@@ -174,7 +174,7 @@ pub struct EphemeralMessage {
     /// Payload JSON.
     pub payload: Box<RawValue>,
     /// When the server accepted it.
-    pub emitted_at: zps_core::Timestamp,
+    pub emitted_at: zps_model::Timestamp,
     /// Metadata, when any.
     pub metadata: Option<Metadata>,
 }

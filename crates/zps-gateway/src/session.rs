@@ -27,6 +27,19 @@ pub(crate) struct Refusal {
     pub(crate) request_id: Option<String>,
 }
 
+/// The wire code of an engine error (the engine's categories are coarser).
+pub(crate) fn wire_code(e: &zps_core::Error) -> ErrorCode {
+    use zps_core::ErrorCode as E;
+    match e.code() {
+        E::InvalidRoom | E::InvalidInput => ErrorCode::InvalidRoom,
+        E::PayloadTooLarge => ErrorCode::PayloadTooLarge,
+        E::Rejected => ErrorCode::Forbidden,
+        E::Unsupported => ErrorCode::Unsupported,
+        E::Overloaded | E::Unavailable => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
 impl Refusal {
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -43,7 +56,7 @@ impl Refusal {
     }
 
     pub(crate) fn engine(e: &zps_core::Error) -> Self {
-        let code = ErrorCode::from_engine(e);
+        let code = wire_code(e);
         let message = match code {
             // Storage details stay on the server.
             ErrorCode::Internal => "internal error".to_owned(),

@@ -361,18 +361,24 @@ impl<T: Sequenced> RoomSync<T> {
         }
     }
 
-    fn offer(&mut self, item: T, source: Source) -> Option<u64> {
-        let seq = item.sequence();
-        match self.tracker.offer(Entry { item, source }) {
-            Offer::Accepted | Offer::Gap { .. } => None,
-            Offer::Duplicate => {
-                self.tally.duplicates += 1;
-                None
-            }
-            Offer::Overflow => {
-                self.overflowed = true;
-                Some(seq)
-            }
+    /// A live item the driver cannot hand out right now (its consumer is full):
+    /// held in order like any other, never handed back.
+    pub fn hold_live(&mut self, item: T) {
+        self.offer(item, Source::Live);
+    }
+
+    fn offer(&mut self, item: T, source: Source) {
+        let entry = Entry { item, source };
+        // The bound is for live items piling up behind a hole; a page's size is
+        // bounded by its reader.
+        let offer = match source {
+            Source::Live => self.tracker.offer(entry),
+            Source::History => self.tracker.offer_unbounded(entry),
+        };
+        match offer {
+            Offer::Accepted | Offer::Gap { .. } => {}
+            Offer::Duplicate => self.tally.duplicates += 1,
+            Offer::Overflow => self.overflowed = true,
         }
     }
 
@@ -467,15 +473,11 @@ impl<T: Sequenced> RoomSync<T> {
         self.outstanding = None;
         self.failures = 0;
         let progressed = page.scanned_to > o.after || !page.items.is_empty();
-        let mut overflow_at = None;
         for item in page.items {
-            if let Some(seq) = self.offer(item, Source::History) {
-                overflow_at.get_or_insert(seq);
-            }
+            self.offer(item, Source::History);
         }
-        // Everything up to `scanned_to` is final, except what a full buffer dropped.
-        let settled = overflow_at.map_or(page.scanned_to, |s| page.scanned_to.min(s - 1));
-        self.tracker.settle_through(settled);
+        // Everything up to `scanned_to` is final: in the page, or never to come.
+        self.tracker.settle_through(page.scanned_to);
         if page.has_more {
             self.catching_up |= !o.bounded;
             self.repair_due |= o.bounded;
@@ -672,6 +674,26 @@ impl<T: Sequenced> RoomSync<T> {
             return self.fetch_not_before();
         }
         self.gap_deadline
+    }
+
+    /// Whether [`RoomSync::poll_deliver`] has something (so a driver with a bounded
+    /// consumer reserves room only when needed).
+    pub fn has_deliverable(&self) -> bool {
+        self.notices
+            .front()
+            .is_some_and(|(before, _)| *before <= self.tracker.next_expected())
+            || self.tracker.has_ready()
+    }
+
+    /// Whether a read is wanted and not in flight (it may still wait for its
+    /// spacing or a retry: see [`RoomSync::poll_timeout`]).
+    pub fn wants_fetch(&self) -> bool {
+        self.outstanding.is_none() && (self.catching_up || self.overflowed || self.repair_due)
+    }
+
+    /// Whether a read is in flight.
+    pub fn is_fetching(&self) -> bool {
+        self.outstanding.is_some()
     }
 
     /// The next thing to hand out, in order (a notice exactly where delivery jumps).

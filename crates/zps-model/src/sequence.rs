@@ -82,11 +82,21 @@ impl<T: Sequenced> SequenceTracker<T> {
 
     /// Offers an item from any source (live, replay, gap fill).
     pub fn offer(&mut self, item: T) -> Offer {
+        self.offer_within(item, self.max_pending)
+    }
+
+    /// Offers an item that the bound does not apply to (a history page's, whose
+    /// size the reader already bounds).
+    pub fn offer_unbounded(&mut self, item: T) -> Offer {
+        self.offer_within(item, usize::MAX)
+    }
+
+    fn offer_within(&mut self, item: T, max_pending: usize) -> Offer {
         let seq = item.sequence();
         if seq < self.next || self.pending.contains_key(&seq) {
             return Offer::Duplicate;
         }
-        if seq > self.next && self.pending.len() >= self.max_pending {
+        if seq > self.next && self.pending.len() >= max_pending {
             return Offer::Overflow;
         }
         self.pending.insert(seq, item);
@@ -95,6 +105,13 @@ impl<T: Sequenced> SequenceTracker<T> {
             Some((from, to)) => Offer::Gap { from, to },
             None => Offer::Accepted,
         }
+    }
+
+    /// Whether the next in-order item has arrived.
+    pub fn has_ready(&self) -> bool {
+        self.pending
+            .first_key_value()
+            .is_some_and(|(&k, _)| k == self.next)
     }
 
     /// The next in-order item, if it has arrived.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use zps_core::Metadata;
+use zps_model::Metadata;
 
 use crate::*;
 
@@ -175,7 +175,7 @@ pub struct PublishEvent {
 }
 
 pub(crate) fn null_raw() -> Box<RawValue> {
-    zps_core::envelope::null_payload()
+    zps_model::envelope::null_payload()
 }
 
 /// `ack`.

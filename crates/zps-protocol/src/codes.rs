@@ -80,19 +80,6 @@ impl ErrorCode {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
-
-    /// Maps an engine error to its wire code.
-    pub fn from_engine(e: &zps_core::Error) -> Self {
-        use zps_core::ErrorCode as E;
-        match e.code() {
-            E::InvalidRoom | E::InvalidInput => Self::InvalidRoom,
-            E::PayloadTooLarge => Self::PayloadTooLarge,
-            E::Rejected => Self::Forbidden,
-            E::Unsupported => Self::Unsupported,
-            E::Overloaded | E::Unavailable => Self::Unavailable,
-            _ => Self::Internal,
-        }
-    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -23,7 +23,7 @@
 //! | 9 | encrypted | bool |
 //!
 //! ```
-//! use zps_core::{NewEvent, PublishRequest, Timestamp, room};
+//! use zps_model::{NewEvent, PublishRequest, Timestamp, room};
 //! use zps_protocol::compact::{EventView, encode_event};
 //!
 //! let req = PublishRequest::new(room("chat", "1").unwrap(), "msg", &serde_json::json!({"t": 1})).unwrap();
@@ -37,7 +37,7 @@
 //! ```
 
 use rmp::Marker;
-use zps_core::{Envelope, Room, Timestamp};
+use zps_model::{Envelope, Room, Timestamp};
 
 /// The subprotocol a client offers (`Sec-WebSocket-Protocol`) to receive compact events.
 pub const COMPACT_SUBPROTOCOL: &str = "zps.compact.v1";
@@ -196,7 +196,7 @@ fn read_bin<'a>(rd: &mut &'a [u8]) -> Result<&'a [u8], CompactError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zps_core::{NewEvent, PublishRequest, room};
+    use zps_model::{NewEvent, PublishRequest, room};
 
     fn envelope(seq: u64) -> Envelope {
         let req = PublishRequest::new(

@@ -26,7 +26,7 @@ pub const MAX_ERROR_TEXT: usize = 300;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zps_core::Envelope;
+    use zps_model::Envelope;
 
     #[test]
     fn seed_messages_parse() {

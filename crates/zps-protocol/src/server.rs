@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use zps_core::{Envelope, EphemeralEvent, Metadata, PresenceMember, Snapshot};
+use zps_model::{Envelope, EphemeralEvent, Metadata, PresenceMember, Snapshot};
 
 use crate::*;
 
@@ -168,7 +168,7 @@ pub struct Published {
 impl Published {
     /// The `published` message, written directly (the same bytes as serde's).
     pub fn to_json(&self) -> String {
-        use zps_core::envelope::push_json_str;
+        use zps_model::envelope::push_json_str;
         let mut out = String::with_capacity(96 + self.id.len() + self.room.len());
         out.push_str(r#"{"type":"published""#);
         if let Some(r) = &self.request_id {
@@ -216,7 +216,7 @@ pub struct EphemeralData {
     /// Payload JSON.
     pub payload: Box<RawValue>,
     /// Acceptance time.
-    pub emitted_at: zps_core::Timestamp,
+    pub emitted_at: zps_model::Timestamp,
     /// Metadata object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Metadata>,

@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use zps_core::{Room, RoomPattern};
+use zps_model::{Room, RoomPattern};
 use zps_protocol::compact::EventView;
 use zps_protocol::{parse_client, parse_server};
 

@@ -146,14 +146,14 @@ impl Driver {
             ServerMessage::Replay(r) => {
                 let room = r.room.clone();
                 if let Some(t) = self.rooms.get_mut(room.as_str())
-                    && t.on_replay(r, now, &self.tune)
+                    && t.on_replay(r, now)
                 {
                     self.after_room_op(&room);
                 }
             }
             ServerMessage::Discontinuity(d) => {
                 if let Some(t) = self.rooms.get_mut(d.room.as_str()) {
-                    t.on_discontinuity(&d, now, &self.tune);
+                    t.on_discontinuity(&d, now);
                     self.after_room_op(&d.room);
                 }
             }
@@ -228,7 +228,7 @@ impl Driver {
                 // From before this connection's `subscribed`: the catch-up re-sends it.
                 return;
             }
-            t.on_event(env.clone(), now, &self.tune);
+            t.on_event(env.clone(), now);
             self.after_room_op(env.room.as_str());
             return;
         }
@@ -244,7 +244,7 @@ impl Driver {
         }
         let room: Arc<str> = Arc::from(key);
         let mut track = RoomTrack::wildcard(room.clone(), sink, &self.tune, now);
-        track.on_event(env, now, &self.tune);
+        track.on_event(env, now);
         self.rooms.insert(room.clone(), track);
         self.wild_rooms += 1;
         self.after_room_op(&room);
@@ -279,7 +279,7 @@ impl Driver {
         if t.via_wildcard {
             return;
         }
-        t.on_subscribed(s, now, &self.tune);
+        t.on_subscribed(s, now);
         self.after_room_op(&s.room);
         self.confirm(&s.room);
     }
@@ -308,7 +308,7 @@ impl Driver {
             }
             if let Some(room) = &e.room
                 && let Some(t) = self.rooms.get_mut(room.as_str())
-                && t.on_replay_error(rid, now, &self.tune)
+                && t.on_replay_error(rid, now)
             {
                 self.after_room_op(room);
                 return;
@@ -408,13 +408,13 @@ impl Driver {
             return;
         }
         if let Some(t) = self.rooms.get_mut(target) {
-            t.push_notice(notice, now, &self.tune);
+            t.push_notice(notice, now);
         }
         self.drop_room(target);
     }
 
     pub(super) fn on_ephemeral(&mut self, data: zps_protocol::EphemeralData) {
-        let Ok(room) = zps_core::Room::parse(&data.room) else {
+        let Ok(room) = zps_model::Room::parse(&data.room) else {
             return;
         };
         let msg = EphemeralMessage {

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use zps_core::{Envelope, Metadata, PresenceMember, RoomPattern, Snapshot};
+use zps_model::{Envelope, Metadata, PresenceMember, RoomPattern, Snapshot};
 use zps_protocol::{
     Ack, ClientMessage, ErrorCode, Init, PresenceEnter, RefreshToken, RoomRef, ServerMessage, Subscribe,
     SubscribeEphemeral, Unsubscribe, parse_server,

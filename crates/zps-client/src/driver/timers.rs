@@ -39,7 +39,7 @@ impl Driver {
             let blocked: Vec<Arc<str>> = self.blocked.iter().cloned().collect();
             for room in blocked {
                 if let Some(t) = self.rooms.get_mut(&room) {
-                    t.drain(now, &self.tune);
+                    t.drain(now);
                     self.after_room_op(&room);
                 } else {
                     self.blocked.remove(&room);
@@ -59,7 +59,7 @@ impl Driver {
             at = at.min(d);
         }
         for room in &self.timed {
-            if let Some(d) = self.rooms.get(room).and_then(|t| t.deadline(&self.tune)) {
+            if let Some(d) = self.rooms.get(room).and_then(|t| t.deadline()) {
                 at = at.min(d);
             }
         }

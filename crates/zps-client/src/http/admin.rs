@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use zps_core::{DlqEntry, Envelope, PresenceMember};
+use zps_model::{DlqEntry, Envelope, PresenceMember};
 
 use super::{Api, HttpOptions, Retry, segment};
 use crate::Result;

@@ -72,7 +72,7 @@ impl BatchOut {
 }
 
 fn with_id(event: &mut OutgoingEvent) -> &str {
-    event.id.get_or_insert_with(zps_core::envelope::generate_id)
+    event.id.get_or_insert_with(zps_model::envelope::generate_id)
 }
 
 fn body(event: &OutgoingEvent) -> EventBody<'_> {
@@ -139,7 +139,7 @@ impl Publisher {
     ) -> Result<Vec<BatchResult>> {
         let payload =
             serde_json::value::to_raw_value(payload).map_err(|e| ClientError::Payload(e.to_string()))?;
-        let id = zps_core::envelope::generate_id();
+        let id = zps_model::envelope::generate_id();
         let body = serde_json::json!({"rooms": rooms, "type": event_type, "payload": payload, "id": id});
         let out: BatchOut = self
             .api

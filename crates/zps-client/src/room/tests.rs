@@ -2,10 +2,10 @@
 //! consumers, stale pages, positions and discontinuities.
 
 use super::*;
-use zps_core::Room;
+use zps_model::Room;
 
 fn env(seq: u64) -> Arc<Envelope> {
-    let now = zps_core::Timestamp::now();
+    let now = zps_model::Timestamp::now();
     Arc::new(Envelope {
         id: format!("e{seq}"),
         event_type: if seq.is_multiple_of(2) { "even" } else { "odd" }.into(),
@@ -13,7 +13,7 @@ fn env(seq: u64) -> Arc<Envelope> {
         sequence: seq,
         emitted_at: now,
         expires_at: now,
-        payload: zps_core::envelope::null_payload(),
+        payload: zps_model::envelope::null_payload(),
         metadata: None,
         encrypted: false,
     })
@@ -72,20 +72,20 @@ fn after(n: u64) -> StartAt {
 fn gap_waits_the_throttle_then_asks_for_exactly_the_hole() {
     let (mut t, mut rx) = track(100, after(0));
     let now = Instant::now();
-    t.on_event(env(1), now, &tune());
-    t.on_event(env(4), now, &tune());
+    t.on_event(env(1), now);
+    t.on_event(env(4), now);
     assert_eq!(seqs(&mut rx), vec![1]);
     assert!(
         t.poll_replay(now, &tune(), || "r1".into()).is_none(),
         "reorder window"
     );
-    assert_eq!(t.deadline(&tune()), Some(now + tune().throttle));
+    assert_eq!(t.deadline(), Some(now + tune().throttle));
     let later = now + tune().throttle;
     let req = t.poll_replay(later, &tune(), || "r1".into()).unwrap();
     assert_eq!((req.from_sequence, req.to_sequence), (1, Some(3)));
     // The late frame fills part of it; the page fills the rest without duplicates.
-    t.on_event(env(2), later, &tune());
-    assert!(t.on_replay(page(&req, vec![2, 3], 3, false), later, &tune()));
+    t.on_event(env(2), later);
+    assert!(t.on_replay(page(&req, vec![2, 3], 3, false), later));
     assert_eq!(seqs(&mut rx), vec![2, 3, 4]);
     assert!(!t.wants_timer());
 }
@@ -94,8 +94,8 @@ fn gap_waits_the_throttle_then_asks_for_exactly_the_hole() {
 fn a_hole_that_filled_itself_sends_no_request() {
     let (mut t, mut rx) = track(100, after(0));
     let now = Instant::now();
-    t.on_event(env(2), now, &tune());
-    t.on_event(env(1), now, &tune());
+    t.on_event(env(2), now);
+    t.on_event(env(1), now);
     assert_eq!(seqs(&mut rx), vec![1, 2]);
     assert!(
         t.poll_replay(now + Duration::from_secs(1), &tune(), || "r".into())
@@ -107,13 +107,13 @@ fn a_hole_that_filled_itself_sends_no_request() {
 fn expired_holes_are_settled_by_scanned_to() {
     let (mut t, mut rx) = track(100, after(0));
     let now = Instant::now();
-    t.on_event(env(1), now, &tune());
-    t.on_event(env(5), now, &tune());
+    t.on_event(env(1), now);
+    t.on_event(env(5), now);
     let req = t
         .poll_replay(now + tune().throttle, &tune(), || "r".into())
         .unwrap();
     // 2 and 4 expired: the page holds only 3 but everything up to 4 is final.
-    assert!(t.on_replay(page(&req, vec![3], 4, false), now, &tune()));
+    assert!(t.on_replay(page(&req, vec![3], 4, false), now));
     assert_eq!(seqs(&mut rx), vec![1, 3, 5]);
 }
 
@@ -121,18 +121,18 @@ fn expired_holes_are_settled_by_scanned_to() {
 fn overflow_falls_back_to_paging_from_the_last_delivered() {
     let (mut t, mut rx) = track(100, after(0));
     let now = Instant::now();
-    t.on_event(env(1), now, &tune());
+    t.on_event(env(1), now);
     for s in 3..=10 {
-        t.on_event(env(s), now, &tune());
+        t.on_event(env(s), now);
     }
     assert_eq!(seqs(&mut rx), vec![1]);
     let req = t.poll_replay(now, &tune(), || "r".into()).unwrap();
     assert_eq!((req.from_sequence, req.to_sequence), (1, None));
-    assert!(t.on_replay(page(&req, (2..=6).collect(), 6, true), now, &tune()));
+    assert!(t.on_replay(page(&req, (2..=6).collect(), 6, true), now));
     // A full page: the next one goes out at once, without waiting the throttle.
     let req2 = t.poll_replay(now, &tune(), || "r2".into()).unwrap();
     assert_eq!(req2.from_sequence, 6);
-    assert!(t.on_replay(page(&req2, (7..=10).collect(), 10, false), now, &tune()));
+    assert!(t.on_replay(page(&req2, (7..=10).collect(), 10, false), now));
     assert_eq!(seqs(&mut rx), (2..=10).collect::<Vec<_>>());
     assert!(!t.wants_timer());
 }
@@ -142,7 +142,7 @@ fn a_full_consumer_blocks_without_losing_and_resumes_by_replay() {
     let (mut t, mut rx) = track(2, after(0));
     let now = Instant::now();
     for s in 1..=12 {
-        t.on_event(env(s), now, &tune());
+        t.on_event(env(s), now);
     }
     assert!(t.blocked);
     assert!(
@@ -157,10 +157,10 @@ fn a_full_consumer_blocks_without_losing_and_resumes_by_replay() {
         }
         clock += Duration::from_millis(200);
         got.extend(seqs(&mut rx));
-        t.drain(clock, &tune());
+        t.drain(clock);
         if let Some(req) = t.poll_replay(clock, &tune(), || "r".into()) {
             let from = req.from_sequence;
-            t.on_replay(page(&req, (from + 1..=12).collect(), 12, false), clock, &tune());
+            t.on_replay(page(&req, (from + 1..=12).collect(), 12, false), clock);
         }
     }
     assert_eq!(got, (1..=12).collect::<Vec<_>>());
@@ -170,13 +170,13 @@ fn a_full_consumer_blocks_without_losing_and_resumes_by_replay() {
 fn stale_and_foreign_replay_pages_are_ignored() {
     let (mut t, mut rx) = track(100, after(0));
     let now = Instant::now();
-    t.on_event(env(3), now, &tune());
+    t.on_event(env(3), now);
     let req = t
         .poll_replay(now + tune().throttle, &tune(), || "mine".into())
         .unwrap();
     let mut foreign = page(&req, vec![1, 2], 2, false);
     foreign.request_id = Some("other".into());
-    assert!(!t.on_replay(foreign, now, &tune()));
+    assert!(!t.on_replay(foreign, now));
     assert_eq!(seqs(&mut rx), Vec::<u64>::new());
     // A timeout re-asks.
     let again = t.poll_replay(now + Duration::from_secs(6), &tune(), || "again".into());
@@ -198,10 +198,9 @@ fn subscribed_positions_and_discontinuities() {
             ..Default::default()
         },
         now,
-        &tune(),
     );
     assert_eq!(t.resume_position(), Some((7, Some("e1"))));
-    t.on_event(env(8), now, &tune());
+    t.on_event(env(8), now);
     assert_eq!(seqs(&mut rx), vec![8]);
     // A resume refused with stream_reset: surfaced, then the new epoch from its start.
     t.on_disconnect();
@@ -217,7 +216,6 @@ fn subscribed_positions_and_discontinuities() {
             ..Default::default()
         },
         now,
-        &tune(),
     );
     match rx.try_recv().unwrap() {
         ClientEvent::Discontinuity {
@@ -233,8 +231,8 @@ fn subscribed_positions_and_discontinuities() {
         }
         other => panic!("{other:?}"),
     }
-    t.on_event(env(1), now, &tune());
-    t.on_event(env(2), now, &tune());
+    t.on_event(env(1), now);
+    t.on_event(env(2), now);
     assert_eq!(seqs(&mut rx), vec![1, 2]);
     // Mid-stream: history trimmed past us.
     t.on_discontinuity(
@@ -245,7 +243,6 @@ fn subscribed_positions_and_discontinuities() {
             earliest_sequence: 50,
         },
         now,
-        &tune(),
     );
     assert!(matches!(
         rx.try_recv().unwrap(),
@@ -255,7 +252,7 @@ fn subscribed_positions_and_discontinuities() {
             ..
         }
     ));
-    t.on_event(env(50), now, &tune());
+    t.on_event(env(50), now);
     assert_eq!(seqs(&mut rx), vec![50]);
 }
 
@@ -272,11 +269,10 @@ fn cursor_resume_anchors_on_the_first_event() {
             ..Default::default()
         },
         now,
-        &tune(),
     );
     assert_eq!(t.resume_position(), None);
-    t.on_event(env(4), now, &tune());
-    t.on_event(env(5), now, &tune());
+    t.on_event(env(4), now);
+    t.on_event(env(5), now);
     assert_eq!(seqs(&mut rx), vec![4, 5]);
     assert_eq!(t.resume_position(), Some((5, Some("e"))));
 }
@@ -291,11 +287,11 @@ fn wildcard_rooms_detect_a_reset_after_reconnect() {
     };
     let now = Instant::now();
     let mut t = RoomTrack::wildcard(Arc::from("chat:1"), sink, &tune(), now);
-    t.on_event(env(10), now, &tune());
-    t.on_event(env(11), now, &tune());
+    t.on_event(env(10), now);
+    t.on_event(env(11), now);
     assert_eq!(seqs(&mut rx), vec![10, 11]);
     t.on_disconnect();
-    t.on_event(env(2), now, &tune());
+    t.on_event(env(2), now);
     assert!(matches!(
         rx.try_recv().unwrap(),
         ClientEvent::Discontinuity { .. }
@@ -304,7 +300,7 @@ fn wildcard_rooms_detect_a_reset_after_reconnect() {
         .poll_replay(now + tune().throttle, &tune(), || "r".into())
         .unwrap();
     assert_eq!((req.from_sequence, req.to_sequence), (0, Some(1)));
-    t.on_replay(page(&req, vec![1], 1, false), now, &tune());
+    t.on_replay(page(&req, vec![1], 1, false), now);
     assert_eq!(seqs(&mut rx), vec![1, 2]);
 }
 
@@ -320,7 +316,7 @@ fn type_filter_skips_delivery_but_not_position() {
     let mut t = RoomTrack::exact(Arc::from("chat:1"), sink, &after(0), &tune(), now);
     t.confirmed = true;
     for s in 1..=5 {
-        t.on_event(env(s), now, &tune());
+        t.on_event(env(s), now);
     }
     assert_eq!(seqs(&mut rx), vec![2, 4]);
     assert_eq!(t.position().sequence, 5);
