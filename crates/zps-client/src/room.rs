@@ -239,10 +239,10 @@ impl RoomTrack {
         let fast = self.notices.is_empty() && !self.blocked && !self.closed;
         let held = match fast.then(|| reserve(&self.sink.tx, &mut self.blocked, &mut self.closed)) {
             Some(Some(permit)) => {
-                if let Some(env) = self.sync.on_live(env) {
-                    if self.sink.accepts(&env.event_type) {
-                        permit.send(ClientEvent::Event(env));
-                    }
+                if let Some(env) = self.sync.on_live(env)
+                    && self.sink.accepts(&env.event_type)
+                {
+                    permit.send(ClientEvent::Event(env));
                 }
                 None
             }

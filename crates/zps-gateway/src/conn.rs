@@ -12,52 +12,51 @@ use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use std::time::Duration;
+
 use parking_lot::Mutex;
+use zps_core::room_sync::{Delivery, Notice, RoomSync, SyncConfig};
 use zps_core::{Discontinuity, Room, RoomPattern};
 use zps_protocol::{CloseCode, DiscontinuityNotice, ServerMessage};
 
 use crate::frames::{ConnKind, EphemeralFrame, EventFrame, Outbound, control};
 use crate::outbox::{Outbox, Signal};
 
-/// Frames a catching-up room may buffer before it re-reads history instead.
+/// Frames a room may hold behind a hole or a catch-up before it re-reads history instead.
 pub(crate) const MAX_CATCHUP_BUFFER: usize = 4096;
 /// Own publishes remembered for `excludeSelf`.
 const MAX_SKIP_IDS: usize = 256;
 
 use zps_core::fast_hash::{FastHash, FastMap as RoomMap, FastSet};
 
-/// Where one exact-room subscription stands.
-pub(crate) enum Mode {
-    /// History is being written by the connection task; live frames wait here.
-    /// Boxed: a live room (most of them) keeps no catch-up state inline.
-    CatchingUp(Box<CatchUp>),
-    /// Live: the next frame must be `last + 1`.
-    Live,
-}
+/// The ordering rule tuned for the gateway: the hub feeds each room in order, so
+/// a hole (a stale shared read) is read back at once; reads are direct calls.
+pub(crate) const SYNC: SyncConfig = SyncConfig {
+    max_buffer: MAX_CATCHUP_BUFFER,
+    reorder_window: Duration::ZERO,
+    fetch_spacing: Duration::ZERO,
+    fetch_timeout: None,
+    retry: zps_core::Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(5),
+        max_attempts: None,
+    },
+    history: true,
+};
 
-/// Live frames held while a room's history is written.
-#[derive(Default)]
-pub(crate) struct CatchUp {
-    pub(crate) buffer: VecDeque<Arc<EventFrame>>,
-    /// More arrived than [`MAX_CATCHUP_BUFFER`]: history must be read again.
-    pub(crate) overflowed: bool,
-}
-
-/// One exact-room subscription.
+/// One exact-room subscription: its type filter and where its delivery stands.
 pub(crate) struct RoomSub {
     pub(crate) types: Option<Arc<[String]>>,
-    /// Highest sequence delivered (live mode) or where catch-up resumes.
-    pub(crate) last: u64,
-    pub(crate) mode: Mode,
+    /// Boxed: the hub's per-event lookup stays on a small entry.
+    pub(crate) sync: Box<RoomSync<Arc<EventFrame>>>,
 }
 
 impl RoomSub {
-    /// A subscription that starts by catching up.
-    pub(crate) fn catching_up(types: Option<Arc<[String]>>, last: u64) -> Self {
+    /// A subscription whose start is being worked out: live frames are held.
+    pub(crate) fn starting(types: Option<Arc<[String]>>) -> Self {
         Self {
             types,
-            last,
-            mode: Mode::CatchingUp(Box::default()),
+            sync: Box::new(RoomSync::unpositioned(SYNC)),
         }
     }
 }
@@ -88,6 +87,21 @@ impl ConnState {
         self.skip_ids.push_back(id);
     }
 
+    /// What `room`'s sync has ready to hand out, in order, type filter applied.
+    pub(crate) fn take_ready(&mut self, room: &Room) -> Vec<Delivery<Arc<EventFrame>>> {
+        let Some(sub) = self.exact.get_mut(room) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(d) = sub.sync.poll_deliver() {
+            match &d {
+                Delivery::Event(f, _) if !types_ok(&sub.types, &f.envelope.event_type) => {}
+                _ => out.push(d),
+            }
+        }
+        out
+    }
+
     fn take_skip(&mut self, id: &str) -> bool {
         if self.skip_ids.is_empty() {
             return false;
@@ -100,6 +114,20 @@ impl ConnState {
             None => false,
         }
     }
+}
+
+/// A `discontinuity` frame for a notice of a room's sync (`epoch` when the notice
+/// does not carry one).
+pub(crate) fn notice_frame(kind: ConnKind, room: &Room, n: &Notice, epoch: &str) -> Outbound {
+    control(
+        kind,
+        &ServerMessage::Discontinuity(DiscontinuityNotice {
+            room: room.to_string(),
+            reason: n.reason.as_str().to_owned(),
+            epoch: n.epoch.clone().unwrap_or_else(|| epoch.to_owned()),
+            earliest_sequence: n.earliest_sequence,
+        }),
+    )
 }
 
 /// Whether a type filter passes an event type.
@@ -286,38 +314,45 @@ impl ConnShared {
             return;
         };
         let sub = entry.into_mut();
-        match &mut sub.mode {
-            Mode::CatchingUp(c) => {
-                if c.buffer.len() < MAX_CATCHUP_BUFFER {
-                    c.buffer.push_back(frame.clone());
-                } else {
-                    c.overflowed = true;
-                }
-            }
-            Mode::Live => {
-                if e.sequence <= sub.last {
-                    return;
-                }
-                if e.sequence > sub.last + 1 {
-                    // This connection's history was behind the hub (a stale shared read):
-                    // fetch the hole, then continue from the buffer.
-                    let mut c: Box<CatchUp> = Box::default();
-                    c.buffer.push_back(frame.clone());
-                    sub.mode = Mode::CatchingUp(c);
-                    let w = st.out.resync(e.room.clone());
-                    drop(st);
-                    return wake(w);
-                }
-                sub.last = e.sequence;
-                let pass = types_ok(&sub.types, &e.event_type);
-                if !pass || st.take_skip(&e.id) {
-                    return;
-                }
-                let w = st.out.push(frame.encoded(self.kind), self.limit);
+        let Some(frame) = sub.sync.on_live(frame.clone()) else {
+            // Held behind a hole or a read in progress; a hole nobody reads yet is
+            // the connection task's to read (a stale shared read was behind the hub).
+            if sub.sync.needs_fetch() && !sub.sync.is_catching_up() {
+                let w = st.out.resync(e.room.clone());
                 drop(st);
                 wake(w);
             }
+            return;
+        };
+        let more = sub.sync.buffered() > 0;
+        let pass = types_ok(&sub.types, &e.event_type);
+        let w = if pass && !st.take_skip(&e.id) {
+            st.out.push(frame.encoded(self.kind), self.limit)
+        } else {
+            None
+        };
+        // It filled a hole: what waited behind it follows.
+        let w = if more {
+            w.or(self.deliver_held(&mut st, room))
+        } else {
+            w
+        };
+        drop(st);
+        wake(w);
+    }
+
+    /// Queues what `room`'s sync has ready (under the connection's lock, so it
+    /// lands after everything handed out before).
+    fn deliver_held(&self, st: &mut ConnState, room: &Room) -> Option<Waker> {
+        let mut waker = None;
+        for d in st.take_ready(room) {
+            let out = match d {
+                Delivery::Event(f, _) => f.encoded(self.kind),
+                Delivery::Notice(n) => notice_frame(self.kind, room, &n, ""),
+            };
+            waker = waker.or(st.out.push(out, self.limit));
         }
+        waker
     }
 
     /// A room's history was reset while subscribed (directly or through `scope:*`).
@@ -333,8 +368,11 @@ impl ConnShared {
                 return;
             };
             // The hub restarts the room at the new epoch's first event.
-            sub.last = d.earliest_sequence.saturating_sub(1);
-            sub.mode = Mode::Live;
+            sub.sync
+                .on_discontinuity(d.reason, d.earliest_sequence, Some(d.epoch.clone()));
+            let w = self.deliver_held(&mut st, &d.room);
+            drop(st);
+            return wake(w);
         }
         let notice = control(
             self.kind,
@@ -438,7 +476,7 @@ mod tests {
         c.state
             .lock()
             .exact
-            .insert(room("chat:1"), RoomSub::catching_up(None, 0));
+            .insert(room("chat:1"), RoomSub::starting(None));
         c.push_discontinuity(&d, true);
         assert!(rx.try_recv().is_err());
         c.push_discontinuity(&d, false);

@@ -64,11 +64,15 @@ impl EventFrame {
             sse: OnceLock::new(),
         }
     }
+}
 
-    pub(crate) fn sequence(&self) -> u64 {
+impl zps_core::envelope::Sequenced for EventFrame {
+    fn sequence(&self) -> u64 {
         self.envelope.sequence
     }
+}
 
+impl EventFrame {
     fn ws_text(&self) -> &Utf8Bytes {
         self.ws
             .get_or_init(|| Utf8Bytes::from(write_event_frame(&self.envelope)))

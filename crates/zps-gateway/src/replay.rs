@@ -12,19 +12,13 @@ use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use zps_core::{Realtime, ReplayQuery, Room};
 
-use crate::frames::{ConnKind, EventFrame, Outbound};
+use crate::frames::EventFrame;
 
 /// A page of history with its frames.
 pub(crate) struct CachedPage {
-    pub(crate) frames: Vec<EventFrame>,
+    pub(crate) frames: Vec<Arc<EventFrame>>,
     pub(crate) scanned_to: u64,
     pub(crate) exhausted: bool,
-}
-
-impl CachedPage {
-    pub(crate) fn encoded(&self, i: usize, kind: ConnKind) -> Option<Outbound> {
-        self.frames.get(i).map(|f| f.encoded(kind))
-    }
 }
 
 type Key = (Room, u64, usize, Option<Vec<String>>);
@@ -91,7 +85,11 @@ impl ReplayCache {
                             .await
                             .map_err(|e| Arc::<str>::from(e.to_string()))?;
                         Ok(Arc::new(CachedPage {
-                            frames: page.events.into_iter().map(EventFrame::new).collect(),
+                            frames: page
+                                .events
+                                .into_iter()
+                                .map(|e| Arc::new(EventFrame::new(e)))
+                                .collect(),
                             scanned_to: page.scanned_to,
                             exhausted: page.exhausted,
                         }))

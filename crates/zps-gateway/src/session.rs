@@ -9,11 +9,13 @@ use zps_core::{EphemeralRequest, ListenerGuard, Metadata, Room, RoomError, RoomP
 use zps_protocol::{ErrorCode, ServerMessage, Subscribed};
 
 use crate::auth::{AuthAction, Identity};
-use crate::conn::{CatchUp, ConnShared, Mode, RoomSub, types_ok};
+use crate::conn::{ConnShared, RoomSub, notice_frame};
+use crate::frames::EventFrame;
 use crate::frames::control;
 use crate::gateway_state::Shared;
 use crate::room_hub::HubKind;
 use crate::writer::{Disconnected, Pipe, Writer};
+use zps_core::room_sync::Delivery;
 
 /// History page size for catch-up.
 const CATCH_UP_PAGE: usize = 500;
@@ -249,11 +251,13 @@ impl Session {
             }
             RoomPattern::Exact(room) => room.clone(),
         };
+        // Joined before the start is known, so nothing published meanwhile is missed:
+        // the sync holds live frames until it is positioned.
         self.conn
             .state
             .lock()
             .exact
-            .insert(room.clone(), RoomSub::catching_up(types, 0));
+            .insert(room.clone(), RoomSub::starting(types));
         let started = async {
             let hub_last = self.gw.hubs.join(HubKind::Events, &target, &self.conn).await?;
             let info = self.gw.engine.room_info(&room).await?;
@@ -294,7 +298,15 @@ impl Session {
             request_id,
         });
         pipe.write(control(self.conn.kind, &msg)).await?;
-        match self.catch_up(pipe, &room, after, hub_last, start.is_some()).await {
+        if let Some(sub) = self.conn.state.lock().exact.get_mut(&room) {
+            sub.sync.start_after(after);
+            if start.is_some() || after < hub_last {
+                // History after the start, at least up to what the hub has seen.
+                sub.sync.expect_through(hub_last);
+                sub.sync.catch_up();
+            }
+        }
+        match self.catch_up(pipe, &room).await {
             Err(Failure::Refused(r)) => {
                 // A half-switched room would stay silent: drop it so the client resubscribes.
                 self.unsubscribe(&target);
@@ -304,16 +316,15 @@ impl Session {
         }
     }
 
-    /// Writes history after `last` until it meets the live hub, then goes live.
+    /// Makes the history reads `room`'s sync asks for and writes what they
+    /// deliver, until it asks for none (it is live). Frames are written here,
+    /// directly, before the queue the hubs fill is drained, so they always
+    /// precede whatever the hub handed out after them.
     pub(crate) async fn catch_up<W: Writer>(
         &mut self,
         pipe: &mut Pipe<W>,
         room: &Room,
-        mut last: u64,
-        hub_last: u64,
-        mut read_history: bool,
     ) -> Result<(), Failure> {
-        let kind = self.conn.kind;
         let types: Option<Vec<String>> = {
             let st = self.conn.state.lock();
             match st.exact.get(room) {
@@ -322,108 +333,95 @@ impl Session {
             }
         };
         loop {
-            if read_history || last < hub_last {
-                let mut fresh = false;
-                loop {
-                    let page = self
-                        .gw
-                        .replay
-                        .page(room, last, CATCH_UP_PAGE, types.clone(), fresh)
-                        .await
-                        .map_err(|e| {
-                            tracing::warn!(room = %room, error = %e, "catch-up read failed");
-                            Refusal::new(ErrorCode::Unavailable, "history temporarily unavailable")
-                                .in_room(room.as_str())
-                        })?;
-                    for (i, f) in page.frames.iter().enumerate() {
-                        if f.sequence() <= last {
-                            continue;
-                        }
-                        last = f.sequence();
-                        if let Some(out) = page.encoded(i, kind) {
-                            pipe.write(out).await?;
-                        }
-                    }
-                    last = last.max(page.scanned_to);
-                    pipe.drain_queue().await?;
-                    if !page.exhausted {
-                        continue;
-                    }
-                    if last >= hub_last {
-                        break;
-                    }
-                    // A shared read from before this connection joined the hub: read again.
-                    fresh = true;
-                }
-            }
+            let (fetch, ready) = {
+                let mut st = self.conn.state.lock();
+                let Some(sub) = st.exact.get_mut(room) else {
+                    return Ok(());
+                };
+                let fetch = sub.sync.poll_fetch(std::time::Instant::now());
+                (fetch, st.take_ready(room))
+            };
+            self.write_deliveries(pipe, room, ready).await?;
+            let Some(fetch) = fetch else {
+                return pipe.drain_queue().await.map_err(Into::into);
+            };
+            let page = self
+                .gw
+                .replay
+                .page(room, fetch.after, CATCH_UP_PAGE, types.clone(), fetch.reread)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(room = %room, error = %e, "catch-up read failed");
+                    Refusal::new(ErrorCode::Unavailable, "history temporarily unavailable")
+                        .in_room(room.as_str())
+                })?;
             let ready = {
                 let mut st = self.conn.state.lock();
                 let Some(sub) = st.exact.get_mut(room) else {
                     return Ok(());
                 };
-                match &mut sub.mode {
+                let answered = sub.sync.on_page(
+                    fetch.id,
+                    zps_core::room_sync::Page {
+                        items: page.frames.clone(),
+                        scanned_to: page.scanned_to,
+                        has_more: !page.exhausted,
+                    },
+                );
+                if !answered {
                     // A discontinuity restarted the room while we were reading.
-                    Mode::Live => return Ok(()),
-                    Mode::CatchingUp(c) => {
-                        let CatchUp { buffer, overflowed } = &mut **c;
-                        let mut out = Vec::new();
-                        let mut hole = *overflowed;
-                        if !hole {
-                            for f in buffer.iter() {
-                                if f.sequence() <= last {
-                                    continue;
-                                }
-                                if f.sequence() != last + 1 {
-                                    hole = true;
-                                    break;
-                                }
-                                last = f.sequence();
-                                out.push(f.clone());
-                            }
-                        }
-                        buffer.clear();
-                        *overflowed = false;
-                        if hole {
-                            None
-                        } else {
-                            sub.last = last;
-                            sub.mode = Mode::Live;
-                            let types = sub.types.clone();
-                            Some((out, types))
-                        }
-                    }
-                }
-            };
-            match ready {
-                Some((frames, types)) => {
-                    for f in frames {
-                        if types_ok(&types, &f.envelope.event_type) {
-                            pipe.write(f.encoded(kind)).await?;
-                        }
-                    }
-                    pipe.flush().await?;
                     return Ok(());
                 }
-                None => read_history = true,
-            }
+                st.take_ready(room)
+            };
+            self.write_deliveries(pipe, room, ready).await?;
+            pipe.drain_queue().await?;
         }
+    }
+
+    /// Writes what a room's sync handed out, in order.
+    async fn write_deliveries<W: Writer>(
+        &self,
+        pipe: &mut Pipe<W>,
+        room: &Room,
+        ready: Vec<Delivery<Arc<EventFrame>>>,
+    ) -> Result<(), Failure> {
+        let kind = self.conn.kind;
+        for d in ready {
+            let out = match d {
+                Delivery::Event(f, _) => f.encoded(kind),
+                Delivery::Notice(n) => {
+                    // A hole history never filled: the notice names the room's epoch.
+                    let epoch = match &n.epoch {
+                        Some(_) => String::new(),
+                        None => self
+                            .gw
+                            .engine
+                            .room_info(room)
+                            .await
+                            .map(|i| i.epoch)
+                            .unwrap_or_default(),
+                    };
+                    notice_frame(kind, room, &n, &epoch)
+                }
+            };
+            pipe.write(out).await?;
+        }
+        Ok(())
     }
 
     /// Re-reads history for rooms whose live stream showed a hole. A room whose
     /// history cannot be read is dropped (error with its name) so the client resubscribes.
     pub(crate) async fn resync<W: Writer>(&mut self, pipe: &mut Pipe<W>) -> Result<(), Failure> {
         for room in self.conn.take_resync() {
-            let last = self.conn.state.lock().exact.get(&room).map(|s| s.last);
-            if let Some(last) = last {
-                match self.catch_up(pipe, &room, last, 0, true).await {
-                    Ok(()) => {}
-                    Err(Failure::Disconnected) => return Err(Failure::Disconnected),
-                    Err(Failure::Refused(r)) => {
-                        self.unsubscribe(&RoomPattern::Exact(room.clone()));
-                        let msg = r.in_room(room.as_str()).to_message();
-                        pipe.write(control(self.conn.kind, &msg)).await?;
-                        pipe.flush().await?;
-                    }
+            match self.catch_up(pipe, &room).await {
+                Ok(()) => {}
+                Err(Failure::Disconnected) => return Err(Failure::Disconnected),
+                Err(Failure::Refused(r)) => {
+                    self.unsubscribe(&RoomPattern::Exact(room.clone()));
+                    let msg = r.in_room(room.as_str()).to_message();
+                    pipe.write(control(self.conn.kind, &msg)).await?;
+                    pipe.flush().await?;
                 }
             }
         }

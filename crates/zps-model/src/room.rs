@@ -297,6 +297,12 @@ impl<'de> Deserialize<'de> for RoomPattern {
     }
 }
 
+impl<'a> From<&'a Room> for Room {
+    fn from(r: &'a Room) -> Self {
+        r.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,11 +401,5 @@ mod tests {
             let _ = Room::parse(&s);
             let _ = RoomPattern::parse(&s);
         }
-    }
-}
-
-impl<'a> From<&'a Room> for Room {
-    fn from(r: &'a Room) -> Self {
-        r.clone()
     }
 }

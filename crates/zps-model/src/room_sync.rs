@@ -47,188 +47,21 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
-use crate::backoff::Backoff;
 use crate::envelope::Sequenced;
 use crate::sequence::{Offer, SequenceTracker};
 
+mod config;
+mod continuity;
+mod messages;
+
+pub use config::SyncConfig;
+pub use continuity::{DiscontinuityReason, RoomInfo, check_continuity};
+pub use messages::{Delivery, Fetch, FetchId, Notice, Page, Source, Tally};
+
 /// Reads in a row that leave the same hole before it is given up as lost.
 pub const STALLED_READS_LIMIT: u8 = 3;
-
-/// Why a room's delivery is not continuous.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DiscontinuityReason {
-    /// The history was lost or reset (new epoch); old sequences mean nothing now.
-    StreamReset,
-    /// The position is older than the oldest retained event (expired, pruned,
-    /// trimmed), or a hole could not be read back.
-    PositionExpired,
-}
-
-impl DiscontinuityReason {
-    /// The wire spelling (`stream_reset`, `position_expired`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::StreamReset => "stream_reset",
-            Self::PositionExpired => "position_expired",
-        }
-    }
-
-    /// Parses the wire spelling; an unknown reason is read as the stronger
-    /// statement (`stream_reset`).
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "position_expired" => Self::PositionExpired,
-            _ => Self::StreamReset,
-        }
-    }
-}
-
-/// Where a room's retained history starts and ends, and which history it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RoomInfo {
-    /// Changes whenever the provider lost or reset this room's history;
-    /// sequences are comparable only within one epoch.
-    pub epoch: String,
-    /// The newest sequence (0 when nothing was ever published).
-    pub last_sequence: u64,
-    /// The oldest sequence still retained; `last_sequence + 1` when nothing is retained.
-    pub earliest_sequence: u64,
-}
-
-/// Resolves where a resume from `requested_from` (in `known_epoch`, if the caller
-/// knows it) may start given the room's state: the position delivery continues
-/// after and, when the position did not survive, why.
-pub fn check_continuity(
-    requested_from: u64,
-    known_epoch: Option<&str>,
-    info: &RoomInfo,
-) -> (u64, Option<DiscontinuityReason>) {
-    let restart = info.earliest_sequence.saturating_sub(1);
-    if known_epoch.is_some_and(|e| e != info.epoch) || requested_from > info.last_sequence {
-        return (restart, Some(DiscontinuityReason::StreamReset));
-    }
-    if requested_from < restart {
-        return (restart, Some(DiscontinuityReason::PositionExpired));
-    }
-    (requested_from, None)
-}
-
-/// How one driver wants the rule tuned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncConfig {
-    /// Out-of-order items held per room before falling back to a re-read.
-    pub max_buffer: usize,
-    /// How long a hole in the live stream may stay open before it is read from
-    /// history (zero: at once). Set it to the live path's reordering.
-    pub reorder_window: Duration,
-    /// The least time between two reads that start anew (continuation pages are
-    /// asked at once).
-    pub fetch_spacing: Duration,
-    /// A read not answered within this is asked again (`None`: answers cannot be
-    /// lost, as with a direct call).
-    pub fetch_timeout: Option<Duration>,
-    /// The wait after a failed read, by failures in a row (its ceiling is used).
-    pub retry: Backoff,
-    /// Whether history can be read at all; without it holes are given up at once.
-    pub history: bool,
-}
-
-impl Default for SyncConfig {
-    fn default() -> Self {
-        Self {
-            max_buffer: 10_000,
-            reorder_window: Duration::from_millis(50),
-            fetch_spacing: Duration::ZERO,
-            fetch_timeout: None,
-            retry: Backoff {
-                base: Duration::from_millis(50),
-                cap: Duration::from_secs(5),
-                max_attempts: None,
-            },
-            history: true,
-        }
-    }
-}
-
-/// Names one history read so its answer can be told from stale ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FetchId(u64);
-
-/// A history read the driver should make: events after `after`, through
-/// `through` when bounded, in ascending order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fetch {
-    /// Pass it back with the answer.
-    pub id: FetchId,
-    /// Read events with a sequence above this.
-    pub after: u64,
-    /// The last sequence wanted (`None`: up to the head, page by page).
-    pub through: Option<u64>,
-    /// An earlier read of this stretch came back short: read past any cache.
-    pub reread: bool,
-}
-
-/// The answer to a [`Fetch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page<T> {
-    /// The events found, ascending.
-    pub items: Vec<T>,
-    /// Every sequence up to here that is not in `items` does not exist (any more).
-    pub scanned_to: u64,
-    /// More events exist after this page (within the bound, if the read had one).
-    pub has_more: bool,
-}
-
-/// Where a delivered item came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The live stream.
-    Live,
-    /// A history read.
-    History,
-}
-
-/// "What follows does not continue what came before": handed out in order,
-/// exactly where delivery jumps.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// Why.
-    pub reason: DiscontinuityReason,
-    /// The last sequence delivered before the jump.
-    pub last_delivered: u64,
-    /// The sequence delivery continues from.
-    pub earliest_sequence: u64,
-    /// The room's epoch after the jump, when the input that caused it knew it.
-    pub epoch: Option<String>,
-}
-
-/// What [`RoomSync::poll_deliver`] hands out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery<T> {
-    /// The next item, in order.
-    Event(T, Source),
-    /// A discontinuity, in its place in the order.
-    Notice(Notice),
-}
-
-/// Counts of what happened, for the driver's metrics ([`RoomSync::take_tally`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tally {
-    /// Items dropped because they were already delivered or buffered.
-    pub duplicates: u64,
-    /// Holes that opened in the live stream.
-    pub gaps_opened: u64,
-    /// Of those, holes closed again (filled or settled).
-    pub gaps_closed: u64,
-    /// Notices produced.
-    pub notices: u64,
-}
 
 #[derive(Debug)]
 struct Entry<T> {
@@ -282,6 +115,9 @@ pub struct RoomSync<T> {
     /// Catch-ups asked for so far: one asked while a read is in flight is not
     /// answered by that read.
     catch_ups: u64,
+    /// False until [`RoomSync::start_after`]: live items are held, nothing is
+    /// handed out or read.
+    positioned: bool,
     tally: Tally,
 }
 
@@ -307,6 +143,7 @@ impl<T: Sequenced> RoomSync<T> {
             stalled_reads: 0,
             next_id: 0,
             catch_ups: 0,
+            positioned: true,
             tally: Tally::default(),
         }
     }
@@ -317,6 +154,27 @@ impl<T: Sequenced> RoomSync<T> {
         let mut sync = Self::new(last_delivered, cfg);
         sync.catch_up();
         sync
+    }
+
+    /// A room whose start point is still being worked out (the driver joined the
+    /// live stream first, so nothing published meanwhile is missed): live items
+    /// are held until [`RoomSync::start_after`].
+    pub fn unpositioned(cfg: SyncConfig) -> Self {
+        let mut sync = Self::new(0, cfg);
+        sync.positioned = false;
+        sync
+    }
+
+    /// Sets the start point of an [`RoomSync::unpositioned`] room: held items
+    /// after `sequence` stay, the rest are dropped, delivery may begin.
+    /// A discontinuity that arrived first positioned it already (at the new
+    /// history's start): then this does nothing.
+    pub fn start_after(&mut self, sequence: u64) {
+        if self.positioned {
+            return;
+        }
+        self.tracker.skip_through(sequence);
+        self.positioned = true;
     }
 
     /// The last sequence handed out (or stepped over as nonexistent).
@@ -337,7 +195,8 @@ impl<T: Sequenced> RoomSync<T> {
     /// Whether history must be read: a catch-up, an overflow, or a hole in front.
     /// For drivers whose reads are made elsewhere (the gateway's connection task).
     pub fn needs_fetch(&self) -> bool {
-        self.outstanding.is_none()
+        self.positioned
+            && self.outstanding.is_none()
             && (self.catching_up || self.overflowed || self.repair_due || self.tracker.missing().is_some())
     }
 
@@ -345,7 +204,7 @@ impl<T: Sequenced> RoomSync<T> {
     /// before it (hand it out now); otherwise it is held or dropped, and the
     /// driver polls [`RoomSync::poll_deliver`] and [`RoomSync::poll_fetch`].
     pub fn on_live(&mut self, item: T) -> Option<T> {
-        if !self.notices.is_empty() {
+        if !self.notices.is_empty() || !self.positioned {
             self.offer(item, Source::Live);
             return None;
         }
@@ -413,6 +272,7 @@ impl<T: Sequenced> RoomSync<T> {
         let last_delivered = self.last_delivered();
         let earliest = earliest_sequence.max(1);
         self.tracker.reset(earliest - 1);
+        self.positioned = true;
         self.forget_fetches();
         self.known_head = 0;
         // Notices of the old history go out first, before this one.
@@ -563,13 +423,13 @@ impl<T: Sequenced> RoomSync<T> {
     /// Moves time-driven state on to `now`: a read that went unanswered is asked
     /// again, a hole whose reorder window passed is due for a read.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let (Some(o), Some(timeout)) = (self.outstanding, self.cfg.fetch_timeout) {
-            if now >= o.sent + timeout {
-                // Lost (a dropped answer): ask again from wherever delivery stands.
-                self.outstanding = None;
-                self.catching_up = true;
-                self.continue_now = true;
-            }
+        if let (Some(o), Some(timeout)) = (self.outstanding, self.cfg.fetch_timeout)
+            && now >= o.sent + timeout
+        {
+            // Lost (a dropped answer): ask again from wherever delivery stands.
+            self.outstanding = None;
+            self.catching_up = true;
+            self.continue_now = true;
         }
         if self.retry_at.is_some_and(|t| t <= now) {
             self.retry_at = None;
@@ -603,6 +463,9 @@ impl<T: Sequenced> RoomSync<T> {
     /// The history read to make now, if any (call after [`RoomSync::handle_timeout`]
     /// has been given `now`; this does it too).
     pub fn poll_fetch(&mut self, now: Instant) -> Option<Fetch> {
+        if !self.positioned {
+            return None;
+        }
         self.handle_timeout(now);
         if self.outstanding.is_some() || !(self.catching_up || self.overflowed || self.repair_due) {
             return None;
@@ -679,9 +542,11 @@ impl<T: Sequenced> RoomSync<T> {
     /// Whether [`RoomSync::poll_deliver`] has something (so a driver with a bounded
     /// consumer reserves room only when needed).
     pub fn has_deliverable(&self) -> bool {
-        self.notices
-            .front()
-            .is_some_and(|(before, _)| *before <= self.tracker.next_expected())
+        self.positioned
+            && self
+                .notices
+                .front()
+                .is_some_and(|(before, _)| *before <= self.tracker.next_expected())
             || self.tracker.has_ready()
     }
 
@@ -698,10 +563,13 @@ impl<T: Sequenced> RoomSync<T> {
 
     /// The next thing to hand out, in order (a notice exactly where delivery jumps).
     pub fn poll_deliver(&mut self) -> Option<Delivery<T>> {
-        if let Some((before, _)) = self.notices.front() {
-            if *before <= self.tracker.next_expected() {
-                return self.notices.pop_front().map(|(_, n)| Delivery::Notice(n));
-            }
+        if !self.positioned {
+            return None;
+        }
+        if let Some((before, _)) = self.notices.front()
+            && *before <= self.tracker.next_expected()
+        {
+            return self.notices.pop_front().map(|(_, n)| Delivery::Notice(n));
         }
         let e = self.tracker.pop_ready()?;
         Some(Delivery::Event(e.item, e.source))

@@ -292,6 +292,20 @@ fn continuity_rules() {
     );
 }
 
+#[test]
+fn an_unpositioned_room_holds_everything_until_it_knows_its_start() {
+    let t0 = Instant::now();
+    let mut s = RoomSync::unpositioned(cfg());
+    assert_eq!(s.on_live(1), None);
+    s.on_live(5);
+    s.on_live(6);
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.poll_fetch(t0), None);
+    s.start_after(4);
+    assert_eq!(events(&drain(&mut s)), vec![5, 6]);
+    assert_eq!(s.on_live(7), Some(7));
+}
+
 // ---- seeded simulations ----
 
 /// Fault rates of one simulated run, drawn from its seed.
