@@ -29,7 +29,7 @@ async fn dead_addr() -> std::net::SocketAddr {
 #[tokio::test]
 async fn publish_round_trip_with_request_ids_and_idempotent_ids() {
     let gw = TestGateway::start(publish_config()).await;
-    let client = Client::connect(gw.url(), fast_options("pub")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("pub")).unwrap();
     let mut sub = client.subscribe("chat:1").await.unwrap();
     let published = client
         .publish(
@@ -83,7 +83,7 @@ async fn publish_round_trip_with_request_ids_and_idempotent_ids() {
 #[tokio::test]
 async fn client_publish_disabled_answers_4403_as_a_typed_error() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let client = Client::connect(gw.url(), fast_options("no-pub")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("no-pub")).unwrap();
     let mut errors = Box::pin(client.errors());
     let err = client
         .publish(OutgoingEvent::new("chat:1", "t", &json!({})).unwrap())
@@ -104,7 +104,7 @@ async fn refused_and_invalid_subscriptions_are_errors() {
     let mut config = GatewayConfig::default();
     config.auth.scopes = Some(vec!["chat".into()]);
     let gw = TestGateway::start(config).await;
-    let client = Client::connect(gw.url(), fast_options("refused")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("refused")).unwrap();
     let err = client.subscribe("order:1").await.unwrap_err();
     assert_eq!(err.error_code(), Some(ErrorCode::InvalidRoom), "{err}");
     let err = client.subscribe(vec!["chat:1", "order:*"]).await.unwrap_err();
@@ -212,7 +212,7 @@ async fn token_provider_refreshes_before_expiry_without_reconnecting() {
 async fn a_valid_token_connects() {
     let gw = TestGateway::start(hs256_config()).await;
     let token = hs256(json!({"sub": "u1", "exp": now_secs() + 3600}));
-    let client = Client::connect(gw.url(), fast_options("u1#jwt").with_token(token)).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("u1#jwt").with_token(token)).unwrap();
     client.wait_connected().await.unwrap();
     let _sub = client.subscribe("chat:1").await.unwrap();
     client.close().await;
@@ -298,7 +298,7 @@ async fn drain_1012_reconnects_with_full_jitter_backoff() {
     let base = Duration::from_millis(40);
     let cap = Duration::from_millis(300);
     let options = ClientOptions::default().with_reconnect(base, cap, None);
-    let client = Client::connect(gw.url(), options).unwrap();
+    let client = Client::connect(gw.ws_url(), options).unwrap();
     client.wait_connected().await.unwrap();
     let mut errors = Box::pin(client.errors());
     // Record every state from here on.
@@ -379,8 +379,8 @@ async fn close_is_graceful_ends_streams_and_never_reconnects() {
 #[tokio::test]
 async fn presence_ephemeral_snapshot_sync_and_ping() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let alice = Client::connect(gw.url(), fast_options("alice")).unwrap();
-    let bob = Client::connect(gw.url(), fast_options("bob")).unwrap();
+    let alice = Client::connect(gw.ws_url(), fast_options("alice")).unwrap();
+    let bob = Client::connect(gw.ws_url(), fast_options("bob")).unwrap();
 
     // Ephemeral: type filter on the receiving side, not stored.
     let mut typing = alice
@@ -456,7 +456,7 @@ async fn presence_ephemeral_snapshot_sync_and_ping() {
 #[tokio::test]
 async fn callback_subscriptions_ack_after_the_handler_and_stop_on_unsubscribe() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let client = Client::connect(gw.url(), fast_options("cb")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("cb")).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let handle = client
         .subscribe_with("chat:cb", SubscribeOptions::new(), move |item| {
@@ -505,7 +505,7 @@ async fn requests_refused_by_the_rate_limit_fail_at_once_without_wedging_the_cli
     // Long: a refusal that never came would surface as Timeout, which fails the test.
     let mut options = fast_options("limited").with_request_timeout(Duration::from_secs(30));
     options.max_in_flight = 2;
-    let client = Client::connect(gw.url(), options).unwrap();
+    let client = Client::connect(gw.ws_url(), options).unwrap();
     client.wait_connected().await.unwrap();
     let mut calls = Vec::new();
     for i in 0..12 {

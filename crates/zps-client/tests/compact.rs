@@ -19,7 +19,7 @@ async fn compact_events_match_json_ones_and_survive_a_reconnect() {
         fast_options("compact").with_encoding(Encoding::Compact),
     )
     .unwrap();
-    let json_client = Client::connect(gw.url(), fast_options("json")).unwrap();
+    let json_client = Client::connect(gw.ws_url(), fast_options("json")).unwrap();
     let mut c_sub = compact
         .subscribe_with_options("chat:1", SubscribeOptions::new().from_beginning())
         .await

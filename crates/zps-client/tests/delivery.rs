@@ -120,7 +120,7 @@ async fn chaos_run(buffer: usize, seed: u64) {
     let gw = TestGateway::start(GatewayConfig::default()).await;
     let n = 3_000u64;
     let relay = WsRelay::start(
-        gw.url(),
+        gw.ws_url(),
         Chaos {
             drop: 0.03,
             hold: 0.08,
@@ -171,7 +171,7 @@ async fn gateway_restart_is_reported_as_a_discontinuity_then_new_events_flow_in_
     init_tracing();
     let gw = TestGateway::start(GatewayConfig::default()).await;
     let addr = gw.addr;
-    let client = Client::connect(gw.url(), fast_options("restart")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("restart")).unwrap();
     let mut state = client.state();
     let mut sub = client.subscribe("chat:r").await.unwrap();
     publish_n(gw.engine(), "chat:r", 50).await;
@@ -263,7 +263,7 @@ async fn a_slow_consumer_with_tiny_buffers_still_gets_everything_once() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
     let mut options = fast_options("slow").with_max_buffered_events_per_room(8);
     options.delivery_buffer = 2;
-    let client = Client::connect(gw.url(), options).unwrap();
+    let client = Client::connect(gw.ws_url(), options).unwrap();
     let mut sub = client.subscribe("chat:slow").await.unwrap();
     let n = 600u64;
     publish_n(gw.engine(), "chat:slow", n).await;
@@ -289,7 +289,7 @@ async fn resume_positions_cursors_and_multi_room_subscriptions() {
     publish_n(engine, "chat:b", 3).await;
 
     // Explicit positions per room; default start for the rest (no cursor: live).
-    let client = Client::connect(gw.url(), fast_options("multi")).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("multi")).unwrap();
     let mut sub = client
         .subscribe_with_options(
             vec!["chat:a", "chat:b", "chat:c"],
@@ -336,7 +336,7 @@ async fn resume_positions_cursors_and_multi_room_subscriptions() {
     .unwrap();
     client.close().await;
     engine.publish(event("chat:a", 6)).await.unwrap();
-    let again = Client::connect(gw.url(), fast_options("multi")).unwrap();
+    let again = Client::connect(gw.ws_url(), fast_options("multi")).unwrap();
     let mut sub = again.subscribe("chat:a").await.unwrap();
     assert_eq!(
         next_seqs(&mut sub, 1).await,
@@ -348,7 +348,7 @@ async fn resume_positions_cursors_and_multi_room_subscriptions() {
     again.close().await;
 
     // Manual acks: nothing moves until the application says so.
-    let manual = Client::connect(gw.url(), fast_options("manual").with_ack_mode(AckMode::Manual)).unwrap();
+    let manual = Client::connect(gw.ws_url(), fast_options("manual").with_ack_mode(AckMode::Manual)).unwrap();
     let mut sub = manual
         .subscribe_with_options("chat:b", SubscribeOptions::new().from_beginning())
         .await
@@ -370,7 +370,7 @@ async fn resume_positions_cursors_and_multi_room_subscriptions() {
 #[tokio::test]
 async fn event_type_filters_keep_positions_gap_free() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let client = Client::connect(gw.url(), ClientOptions::default()).unwrap();
+    let client = Client::connect(gw.ws_url(), ClientOptions::default()).unwrap();
     let mut sub = client
         .subscribe_with_options("chat:f", SubscribeOptions::new().event_types(["keep"]))
         .await

@@ -240,7 +240,7 @@ async fn a_minted_token_opens_a_websocket_client() {
     let admin = Admin::new(&base(gw.addr), KEY).unwrap();
     let minted = admin.mint_token("kim", &["chat:*"], Some(300)).await.unwrap();
     assert!(minted.expires_at > now_secs());
-    let client = Client::connect(gw.url(), fast_options("kim").with_token(minted.token)).unwrap();
+    let client = Client::connect(gw.ws_url(), fast_options("kim").with_token(minted.token)).unwrap();
     let mut sub = client.subscribe("chat:7").await.unwrap();
     Publisher::new(&base(gw.addr), KEY)
         .unwrap()

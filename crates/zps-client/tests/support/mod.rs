@@ -2,7 +2,7 @@
 //! relay that cuts connections on command, and a WebSocket relay that drops,
 //! holds back and duplicates `event` frames.
 
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+#![allow(dead_code, unused_imports, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,94 +22,9 @@ use zps_client::{ClientEvent, ClientOptions, ConnectionState, Subscription};
 use zps_core::{PublishRequest, Realtime, Room};
 use zps_gateway::{Gateway, GatewayConfig, JwtKey};
 
-/// Longest wait for anything in a test.
-pub const WAIT: Duration = Duration::from_secs(20);
-/// HS256 secret for auth tests.
-pub const SECRET: &[u8] = b"client-test-secret-with-enough-entropy-42";
-
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub gateway: Gateway,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestGateway {
-    pub async fn start(config: GatewayConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(listener, Realtime::memory(), config)
-    }
-
-    /// A gateway on a given address (a restart on the same port); retries while the
-    /// previous listener is still going away.
-    pub async fn start_on(addr: SocketAddr, engine: Realtime, config: GatewayConfig) -> Self {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match TcpListener::bind(addr).await {
-                Ok(l) => return Self::serve(l, engine, config),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("could not rebind {addr}: {e}"),
-            }
-        }
-    }
-
-    fn serve(listener: TcpListener, engine: Realtime, config: GatewayConfig) -> Self {
-        let gateway = Gateway::new(engine, config).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let g = gateway.clone();
-        let task = tokio::spawn(async move {
-            let _ = g.serve(listener).await;
-        });
-        Self { addr, gateway, task }
-    }
-
-    pub fn engine(&self) -> &Realtime {
-        self.gateway.engine()
-    }
-
-    pub fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Drains (1012 to every client) and waits until the port is free again.
-    pub async fn stop(self) {
-        self.gateway.shutdown().await;
-        let _ = tokio::time::timeout(WAIT, self.task).await;
-    }
-}
-
-pub fn publish_config() -> GatewayConfig {
-    let mut c = GatewayConfig::default();
-    c.limits.allow_client_publish = true;
-    c
-}
-
-pub fn hs256_config() -> GatewayConfig {
-    let mut c = GatewayConfig::default();
-    c.auth.jwt = Some(JwtKey::Hs256(SECRET.to_vec()));
-    c
-}
-
-pub fn hs256(claims: Value) -> String {
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET)).unwrap()
-}
-
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+pub use zps_test_support::{
+    SECRET, TestGateway, WAIT, event, hs256, hs256_config, init_tracing, now_secs, publish_config, publish_n,
+};
 
 /// Fast reconnects for tests.
 pub fn fast_options(subscriber: &str) -> ClientOptions {
@@ -118,16 +33,6 @@ pub fn fast_options(subscriber: &str) -> ClientOptions {
         .with_reconnect(Duration::from_millis(5), Duration::from_millis(100), None)
         .with_replay_throttle(Duration::from_millis(20))
         .with_request_timeout(Duration::from_secs(10))
-}
-
-pub fn event(room: &str, i: u64) -> PublishRequest {
-    PublishRequest::new(Room::parse(room).unwrap(), "t", &json!({ "i": i })).unwrap()
-}
-
-pub async fn publish_n(engine: &Realtime, room: &str, n: u64) {
-    for i in 1..=n {
-        engine.publish(event(room, i)).await.unwrap();
-    }
 }
 
 /// The next `n` items of a subscription (bounded wait).

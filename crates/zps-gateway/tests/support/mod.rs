@@ -1,12 +1,18 @@
 //! Test support: an in-process gateway on an ephemeral port, a WebSocket test
 //! client with timeouts, and token helpers.
 
-#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+#![allow(
+    dead_code,
+    unused_imports,
+    unreachable_pub,
+    missing_docs,
+    async_fn_in_trait,
+    clippy::unwrap_used
+)]
 
 pub mod api;
 pub mod sse;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -15,73 +21,38 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use zps_core::Realtime;
-use zps_gateway::{Gateway, GatewayConfig, JwtKey};
 
-/// How long a test waits for any single message.
-pub const WAIT: Duration = Duration::from_secs(15);
-/// The HS256 secret tests sign with.
-pub const SECRET: &[u8] = b"test-secret-with-enough-entropy-0123456789";
+pub use zps_test_support::{
+    SECRET, TestGateway, WAIT, hs256, hs256_config, init_tracing, now_secs, publish, publish_config,
+};
 
-pub struct TestGateway {
-    pub addr: SocketAddr,
-    pub gateway: Gateway,
-    task: tokio::task::JoinHandle<()>,
+/// Raw WebSocket clients of a [`TestGateway`] (the protocol tests speak frames).
+pub trait Clients {
+    async fn client(&self) -> Client;
+    /// A client that sent `init` and got `ready`.
+    async fn ready(&self, subscriber: &str) -> Client;
+    /// A client initialised with a token.
+    async fn ready_with_token(&self, subscriber: &str, token: &str) -> Client;
 }
 
-impl TestGateway {
-    pub async fn start(config: GatewayConfig) -> Self {
-        Self::start_with(Realtime::memory(), config).await
-    }
-
-    pub async fn start_with(engine: Realtime, config: GatewayConfig) -> Self {
-        let gateway = Gateway::new(engine, config).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let g = gateway.clone();
-        let task = tokio::spawn(async move {
-            g.serve(listener).await.unwrap();
-        });
-        Self { addr, gateway, task }
-    }
-
-    pub fn engine(&self) -> &Realtime {
-        self.gateway.engine()
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub async fn client(&self) -> Client {
+impl Clients for TestGateway {
+    async fn client(&self) -> Client {
         Client::connect(&self.ws_url()).await
     }
 
-    /// A client that sent `init` and got `ready`.
-    pub async fn ready(&self, subscriber: &str) -> Client {
+    async fn ready(&self, subscriber: &str) -> Client {
         let mut c = self.client().await;
         c.send(json!({"type": "init", "subscriberId": subscriber})).await;
         c.recv_type("ready").await;
         c
     }
 
-    /// A client initialised with a token.
-    pub async fn ready_with_token(&self, subscriber: &str, token: &str) -> Client {
+    async fn ready_with_token(&self, subscriber: &str, token: &str) -> Client {
         let mut c = self.client().await;
         c.send(json!({"type": "init", "subscriberId": subscriber, "token": token}))
             .await;
         c.recv_type("ready").await;
         c
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -188,18 +159,6 @@ pub fn seqs(events: &[Value]) -> Vec<u64> {
     events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect()
 }
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-pub fn hs256(claims: Value) -> String {
-    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(SECRET)).unwrap()
-}
-
 pub fn rs256(claims: Value) -> String {
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../fixtures/rsa_private.pem")).unwrap();
     jsonwebtoken::encode(
@@ -228,14 +187,4 @@ pub fn unsigned(claims: Value) -> String {
         b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
         b64.encode(claims.to_string())
     )
-}
-
-pub fn hs256_config() -> GatewayConfig {
-    let mut c = GatewayConfig::default();
-    c.auth.jwt = Some(JwtKey::Hs256(SECRET.to_vec()));
-    c
-}
-
-pub fn publish(room: &str, t: &str, payload: Value) -> zps_core::PublishRequest {
-    zps_core::PublishRequest::new(zps_core::Room::parse(room).unwrap(), t, &payload).unwrap()
 }
