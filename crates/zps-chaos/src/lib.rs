@@ -5,6 +5,9 @@
 //! that decides — from those records only, never from the gateway's counters —
 //! whether every acknowledged event reached every subscriber exactly once, in order.
 //!
+//! Beside them, [`simulation`] runs the whole delivery chain in one thread on
+//! a virtual clock, thousands of seeds per test run, with the same checker.
+//!
 //! `cargo xtask chaos [SCENARIO…]` builds the binary and runs the scenarios;
 //! the report goes to `target/chaos/report.md` and `report.json`.
 
@@ -14,4 +17,5 @@ pub mod proxy;
 pub mod report;
 pub mod scenarios;
 pub mod services;
+pub mod simulation;
 pub mod workload;
