@@ -125,8 +125,8 @@ fn room(raw: &str) -> anyhow::Result<Room> {
 pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let s = ProviderSettings::from_args(args.provider);
     let (kind, url) = match s.kind {
-        ProviderKind::Hybrid => (s.storage_provider, s.storage_connection.clone()),
-        k => (Some(k), s.connection.clone()),
+        ProviderKind::Hybrid => (s.given.storage_provider, s.given.storage_connection.clone()),
+        k => (Some(k), s.given.connection.clone()),
     };
     match kind {
         Some(ProviderKind::Postgres) => {

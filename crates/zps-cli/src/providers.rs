@@ -31,9 +31,9 @@ fn required<'a>(value: &'a Option<String>, flag: &str, provider: &str) -> anyhow
 /// The PostgreSQL settings for this run.
 pub(crate) fn postgres_config(s: &ProviderSettings) -> zps_postgres::PostgresConfig {
     zps_postgres::PostgresConfig {
-        schema: s.postgres_schema.clone(),
-        auto_migrate: s.auto_migrate,
-        ssl_root_cert: s.ca_file.clone(),
+        schema: s.given.postgres_schema.clone(),
+        auto_migrate: s.given.auto_migrate,
+        ssl_root_cert: s.given.ca_file.clone(),
         ..zps_postgres::PostgresConfig::default()
     }
 }
@@ -50,7 +50,8 @@ pub(crate) fn redis_config(
     s: &ProviderSettings,
     fanout_only: bool,
 ) -> anyhow::Result<zps_redis::RedisConfig> {
-    let mut config = zps_redis::RedisConfig::with_prefix(s.redis_prefix.as_deref().unwrap_or("realtime:"));
+    let mut config =
+        zps_redis::RedisConfig::with_prefix(s.given.redis_prefix.as_deref().unwrap_or("realtime:"));
     config.tls_ca_pem = s.ca_pem()?;
     Ok(if fanout_only { config.fanout_only() } else { config })
 }
@@ -65,10 +66,10 @@ async fn redis(url: &str, s: &ProviderSettings, fanout_only: bool) -> anyhow::Re
 /// The NATS settings for this run.
 pub(crate) fn nats_config(s: &ProviderSettings) -> zps_nats::NatsConfig {
     let mut config = zps_nats::NatsConfig::default();
-    if let Some(prefix) = &s.nats_prefix {
+    if let Some(prefix) = &s.given.nats_prefix {
         config.prefix = prefix.clone();
     }
-    if let Some(replicas) = s.nats_replicas {
+    if let Some(replicas) = s.given.nats_replicas {
         config.replicas = replicas;
     }
     config
@@ -83,8 +84,8 @@ async fn nats(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transpo
 
 async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     let config = zps_mongo::MongoConfig {
-        auto_create_indexes: s.auto_migrate,
-        tls_ca_file: s.ca_file.clone(),
+        auto_create_indexes: s.given.auto_migrate,
+        tls_ca_file: s.given.ca_file.clone(),
         ..zps_mongo::MongoConfig::default()
     };
     let t = zps_mongo::MongoTransport::connect(url, config)
@@ -101,13 +102,13 @@ async fn mongo(url: &str, s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transp
 
 /// The SQLite settings: `--connection sqlite://PATH`, else `--data-dir DIR` (`DIR/zps.db`).
 pub(crate) fn sqlite_config(s: &ProviderSettings) -> anyhow::Result<zps_sqlite::SqliteConfig> {
-    let mut config = match (&s.connection, &s.data_dir) {
+    let mut config = match (&s.given.connection, &s.given.data_dir) {
         (Some(url), None) => zps_sqlite::SqliteConfig::from_url(url)?,
         (None, Some(dir)) => zps_sqlite::SqliteConfig::new(dir.join("zps.db")),
         (Some(_), Some(_)) => bail!("give either --data-dir or --connection sqlite://PATH, not both"),
         (None, None) => bail!("the sqlite provider needs --data-dir DIR or --connection sqlite://PATH"),
     };
-    if s.sqlite_synchronous == Some(crate::settings::SqliteSync::Normal) {
+    if s.given.sqlite_synchronous == Some(crate::settings::SqliteSync::Normal) {
         config.synchronous = zps_sqlite::Synchronous::Normal;
     }
     Ok(config)
@@ -140,7 +141,7 @@ async fn single(kind: ProviderKind, url: &str, s: &ProviderSettings) -> anyhow::
 pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Transport>> {
     match s.kind {
         ProviderKind::Memory => {
-            if let Some(url) = &s.connection {
+            if let Some(url) = &s.given.connection {
                 tracing::warn!(connection = %redact(url), "--connection is ignored by the memory provider");
             }
             Ok(Arc::new(MemoryTransport::new(MemoryConfig {
@@ -150,7 +151,7 @@ pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tran
         }
         ProviderKind::Sqlite => sqlite(s).await,
         ProviderKind::Hybrid => {
-            let storage_kind = match s.storage_provider {
+            let storage_kind = match s.given.storage_provider {
                 Some(k @ (ProviderKind::Postgres | ProviderKind::Mongo)) => k,
                 Some(other) => bail!(
                     "--storage-provider must be postgres or mongo, not {}",
@@ -158,12 +159,12 @@ pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tran
                 ),
                 None => bail!("--storage-provider is required for the hybrid provider (postgres or mongo)"),
             };
-            let realtime_kind = match s.realtime_provider {
+            let realtime_kind = match s.given.realtime_provider {
                 Some(ProviderKind::Redis) | None => ProviderKind::Redis,
                 Some(other) => bail!("--realtime-provider must be redis, not {}", other.as_str()),
             };
-            let storage_url = required(&s.storage_connection, "--storage-connection", "hybrid")?;
-            let realtime_url = required(&s.realtime_connection, "--realtime-connection", "hybrid")?;
+            let storage_url = required(&s.given.storage_connection, "--storage-connection", "hybrid")?;
+            let realtime_url = required(&s.given.realtime_connection, "--realtime-connection", "hybrid")?;
             let storage = single(storage_kind, storage_url, s).await?;
             // The realtime leg only fans out: storage keeps the history.
             let realtime = match realtime_kind {
@@ -177,7 +178,7 @@ pub(crate) async fn connect(s: &ProviderSettings) -> anyhow::Result<Arc<dyn Tran
             )))
         }
         kind => {
-            let url = required(&s.connection, "--connection", kind.as_str())?;
+            let url = required(&s.given.connection, "--connection", kind.as_str())?;
             single(kind, url, s).await
         }
     }

@@ -1,16 +1,18 @@
 //! Gateway settings from three layers: a TOML file < environment < flags.
-//! clap reads flags and environment variables; the file fills whatever both left
-//! unset; defaults fill the rest.
+//! Each setting is declared once, as a field of [`GatewayArgs`] or
+//! [`ProviderArgs`]: clap reads it from flags and the environment, serde from
+//! the file under the same (snake_case) name; the file fills whatever flags and
+//! environment left unset; defaults fill the rest.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Storage/fan-out providers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ProviderKind {
     /// Embedded, in-process (default).
@@ -45,7 +47,7 @@ impl ProviderKind {
 }
 
 /// SQLite commit durability (see `zps_sqlite::Synchronous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum SqliteSync {
     /// fsync on every commit.
@@ -55,7 +57,8 @@ pub(crate) enum SqliteSync {
 }
 
 /// Which provider to use and how to reach it (shared by every subcommand).
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, Deserialize, Serialize)]
+#[serde(default)]
 pub(crate) struct ProviderArgs {
     /// Where events are stored and fanned out [default: memory].
     #[arg(long, env = "ZERO_PUBSUB_PROVIDER", value_enum, help_heading = "Provider")]
@@ -144,11 +147,14 @@ pub(crate) struct ProviderArgs {
     pub(crate) ca_file: Option<PathBuf>,
 }
 
-/// Flags of `zero-pub-sub gateway` (each also an environment variable).
-#[derive(Debug, Args, Default)]
+/// Flags of `zero-pub-sub gateway` (each also an environment variable, and a
+/// key of the config file).
+#[derive(Debug, Args, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub(crate) struct GatewayArgs {
     /// TOML file with the same keys in snake_case (flags and environment win).
     #[arg(long, env = "ZERO_PUBSUB_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
     pub(crate) config: Option<PathBuf>,
 
     /// Interface to listen on [default: 127.0.0.1].
@@ -167,6 +173,7 @@ pub(crate) struct GatewayArgs {
     pub(crate) drain_timeout_ms: Option<u64>,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) provider: ProviderArgs,
     /// Time to live of events published without one [default: 86400000 (24 h)].
     #[arg(
@@ -390,97 +397,13 @@ pub(crate) struct GatewayArgs {
     pub(crate) http_api: Option<bool>,
 }
 
-/// The same keys in a TOML file; unknown keys are an error.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileSettings {
-    host: Option<String>,
-    port: Option<u16>,
-    drain_timeout_ms: Option<u64>,
-    provider: Option<ProviderKind>,
-    connection: Option<String>,
-    storage_provider: Option<ProviderKind>,
-    storage_connection: Option<String>,
-    realtime_provider: Option<ProviderKind>,
-    realtime_connection: Option<String>,
-    postgres_schema: Option<String>,
-    redis_prefix: Option<String>,
-    nats_prefix: Option<String>,
-    nats_replicas: Option<usize>,
-    auto_migrate: Option<bool>,
-    ca_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    sqlite_synchronous: Option<SqliteSync>,
-    default_ttl_ms: Option<u64>,
-    memory_max_events_per_room: Option<usize>,
-    max_connections: Option<usize>,
-    max_subscriptions: Option<usize>,
-    max_payload_bytes: Option<usize>,
-    max_messages_per_window: Option<u32>,
-    rate_limit_window_ms: Option<u64>,
-    init_timeout_ms: Option<u64>,
-    heartbeat_interval_ms: Option<u64>,
-    heartbeat_timeout_ms: Option<u64>,
-    max_socket_buffered_bytes: Option<usize>,
-    allow_client_publish: Option<bool>,
-    allow_client_ephemeral: Option<bool>,
-    max_replay_limit: Option<usize>,
-    jwt_secret: Option<String>,
-    jwt_public_key: Option<PathBuf>,
-    jwt_jwks_url: Option<String>,
-    jwt_jwks_refresh_secs: Option<u64>,
-    scopes: Option<Vec<String>>,
-    rooms_claim: Option<String>,
-    grants_claim: Option<String>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<Vec<String>>,
-    jwt_leeway_secs: Option<u64>,
-    member_claims: Option<Vec<String>>,
-    allowed_origins: Option<Vec<String>>,
-    api_keys: Option<Vec<String>>,
-    api_keys_file: Option<PathBuf>,
-    api_rate_per_second: Option<u32>,
-    api_max_body_bytes: Option<usize>,
-    cluster_report_interval_ms: Option<u64>,
-    http_api: Option<bool>,
-    demo: Option<bool>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    redact_payload_fields: Option<Vec<String>>,
-    require_tenant: Option<bool>,
-}
-
 /// The resolved provider choice.
 #[derive(Debug, Clone)]
 pub(crate) struct ProviderSettings {
-    /// Provider.
+    /// Provider (`--data-dir` alone means SQLite, nothing means memory).
     pub(crate) kind: ProviderKind,
-    /// Provider URL.
-    pub(crate) connection: Option<String>,
-    /// Hybrid storage provider.
-    pub(crate) storage_provider: Option<ProviderKind>,
-    /// Hybrid storage URL.
-    pub(crate) storage_connection: Option<String>,
-    /// Hybrid realtime provider.
-    pub(crate) realtime_provider: Option<ProviderKind>,
-    /// Hybrid realtime URL.
-    pub(crate) realtime_connection: Option<String>,
-    /// PostgreSQL schema.
-    pub(crate) postgres_schema: Option<String>,
-    /// Redis key prefix.
-    pub(crate) redis_prefix: Option<String>,
-    /// NATS stream and subject prefix.
-    pub(crate) nats_prefix: Option<String>,
-    /// NATS stream replicas.
-    pub(crate) nats_replicas: Option<usize>,
-    /// Create tables/indexes at start (None = provider default).
-    pub(crate) auto_migrate: Option<bool>,
-    /// Extra root CA for outgoing TLS.
-    pub(crate) ca_file: Option<PathBuf>,
-    /// SQLite folder.
-    pub(crate) data_dir: Option<PathBuf>,
-    /// SQLite durability.
-    pub(crate) sqlite_synchronous: Option<SqliteSync>,
+    /// Everything else as given.
+    pub(crate) given: ProviderArgs,
     /// Memory history bound.
     pub(crate) memory_max_events_per_room: usize,
 }
@@ -488,34 +411,28 @@ pub(crate) struct ProviderSettings {
 impl ProviderSettings {
     /// The `--ca-file` contents, read once per use so a renewed CA is picked up on restart.
     pub(crate) fn ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        self.ca_file
+        self.given
+            .ca_file
             .as_ref()
             .map(|p| std::fs::read(p).with_context(|| format!("cannot read --ca-file {}", p.display())))
             .transpose()
     }
 
     /// From flags/environment only (operational subcommands).
-    pub(crate) fn from_args(a: ProviderArgs) -> Self {
+    pub(crate) fn from_args(given: ProviderArgs) -> Self {
+        Self::resolve(given, 10_000)
+    }
+
+    fn resolve(given: ProviderArgs, memory_max_events_per_room: usize) -> Self {
+        let kind = given.provider.unwrap_or(if given.data_dir.is_some() {
+            ProviderKind::Sqlite
+        } else {
+            ProviderKind::Memory
+        });
         Self {
-            kind: a.provider.unwrap_or(if a.data_dir.is_some() {
-                ProviderKind::Sqlite
-            } else {
-                ProviderKind::Memory
-            }),
-            connection: a.connection,
-            storage_provider: a.storage_provider,
-            storage_connection: a.storage_connection,
-            realtime_provider: a.realtime_provider,
-            realtime_connection: a.realtime_connection,
-            postgres_schema: a.postgres_schema,
-            redis_prefix: a.redis_prefix,
-            nats_prefix: a.nats_prefix,
-            nats_replicas: a.nats_replicas,
-            auto_migrate: a.auto_migrate,
-            ca_file: a.ca_file,
-            data_dir: a.data_dir,
-            sqlite_synchronous: a.sqlite_synchronous,
-            memory_max_events_per_room: 10_000,
+            kind,
+            given,
+            memory_max_events_per_room,
         }
     }
 }
@@ -606,28 +523,63 @@ fn api_config(
     })
 }
 
-fn read_file(path: &PathBuf) -> anyhow::Result<FileSettings> {
+/// The file's settings under the flags' and environment's: every field either
+/// of them set wins, the file fills the rest. Keys that name no setting are an
+/// error (the setting names are clap's, so file and flags cannot drift apart).
+fn with_file(args: GatewayArgs, path: &std::path::Path) -> anyhow::Result<GatewayArgs> {
+    use clap::CommandFactory as _;
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("invalid config file {}: {}", path.display(), e.message()))
+    let file: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {}", path.display(), e.message()))?;
+    let known: std::collections::HashSet<String> = SettingNames::command()
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .filter(|id| id != "config")
+        .collect();
+    let mut unknown: Vec<&str> = file
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(*k))
+        .collect();
+    unknown.sort_unstable();
+    if !unknown.is_empty() {
+        bail!(
+            "invalid config file {}: unknown keys: {}",
+            path.display(),
+            unknown.join(", ")
+        );
+    }
+    let mut merged = serde_json::to_value(&file)?;
+    let given = serde_json::to_value(&args)?;
+    if let (Some(merged), Some(given)) = (merged.as_object_mut(), given.as_object()) {
+        for (key, value) in given.iter().filter(|(_, v)| !v.is_null()) {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    let mut out: GatewayArgs = serde_json::from_value(merged)
+        .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+    out.config = args.config;
+    Ok(out)
+}
+
+/// The gateway's settings as a command, for their names.
+#[derive(clap::Parser)]
+struct SettingNames {
+    #[command(flatten)]
+    args: GatewayArgs,
 }
 
 impl Settings {
     /// Resolves flags/environment over the file over defaults.
     pub(crate) fn resolve(args: GatewayArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => FileSettings::default(),
+        let args = match args.config.clone() {
+            Some(path) => with_file(args, &path)?,
+            None => args,
         };
         macro_rules! pick {
             ($field:ident) => {
-                args.$field.or(file.$field)
-            };
-        }
-        macro_rules! pick_provider {
-            ($field:ident) => {
-                args.provider.$field.clone().or(file.$field.clone())
+                args.$field.clone()
             };
         }
         let defaults = zps_gateway::Limits::default();
@@ -652,27 +604,10 @@ impl Settings {
             host: pick!(host).unwrap_or_else(|| "127.0.0.1".to_owned()),
             port: pick!(port).unwrap_or(8080),
             drain_timeout: ms(pick!(drain_timeout_ms), Duration::from_secs(10)),
-            provider: ProviderSettings {
-                kind: pick_provider!(provider).unwrap_or(if pick_provider!(data_dir).is_some() {
-                    ProviderKind::Sqlite
-                } else {
-                    ProviderKind::Memory
-                }),
-                connection: pick_provider!(connection),
-                storage_provider: pick_provider!(storage_provider),
-                storage_connection: pick_provider!(storage_connection),
-                realtime_provider: pick_provider!(realtime_provider),
-                realtime_connection: pick_provider!(realtime_connection),
-                postgres_schema: pick_provider!(postgres_schema),
-                redis_prefix: pick_provider!(redis_prefix),
-                nats_prefix: pick_provider!(nats_prefix),
-                nats_replicas: pick_provider!(nats_replicas),
-                auto_migrate: pick_provider!(auto_migrate),
-                ca_file: pick_provider!(ca_file),
-                data_dir: pick_provider!(data_dir),
-                sqlite_synchronous: pick_provider!(sqlite_synchronous),
-                memory_max_events_per_room: pick!(memory_max_events_per_room).unwrap_or(10_000),
-            },
+            provider: ProviderSettings::resolve(
+                args.provider.clone(),
+                pick!(memory_max_events_per_room).unwrap_or(10_000),
+            ),
             default_ttl: ms(pick!(default_ttl_ms), zps_core::engine::DEFAULT_TTL),
             limits,
             jwt_secret: pick!(jwt_secret),

@@ -20,7 +20,7 @@ use zps_core::{Room, RoomPattern};
 use zps_protocol::ErrorCode;
 
 use crate::auth::{AuthAction, AuthorizeRequest, Identity, TokenError, claim_allows, unix_now};
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 use crate::session::Refusal;
 
 /// The claim a room token carries; a connection token must not carry it.
@@ -48,7 +48,7 @@ fn patterns(v: &serde_json::Value) -> Vec<String> {
 /// What the token's grants say about `action` on `target`: `None` when the
 /// token carries no grants (other rules decide).
 pub(crate) fn granted(
-    gw: &Shared,
+    gw: &GatewayState,
     identity: &Identity,
     target: &RoomPattern,
     action: AuthAction,
@@ -66,7 +66,7 @@ pub(crate) fn granted(
 /// The subscriber id a connection may use: with a verified token, its `sub`
 /// or `sub#device`; without token verification, whatever the client says.
 pub(crate) fn bind_subscriber(
-    gw: &Shared,
+    gw: &GatewayState,
     identity: &Identity,
     requested: Option<&str>,
 ) -> Result<String, Refusal> {
@@ -143,7 +143,7 @@ pub(crate) type RoomGrants = HashMap<Room, RoomGrant>;
 /// Verifies a room token for a connection of `identity`: the room it opens
 /// (which must be `expected` when given) and what for.
 pub(crate) async fn verify_room_token(
-    gw: &Shared,
+    gw: &GatewayState,
     identity: &Identity,
     expected: Option<&Room>,
     token: &str,
@@ -195,7 +195,7 @@ pub(crate) async fn verify_room_token(
 /// Whether `identity` may do `action` on `target`: a room token for the room,
 /// else the token's grants and rooms claim; then the authorize hook (4408).
 pub(crate) async fn authorize(
-    gw: &Shared,
+    gw: &GatewayState,
     identity: &Identity,
     subscriber_id: Option<&str>,
     room_grants: Option<&RoomGrants>,
@@ -240,7 +240,7 @@ pub(crate) async fn authorize(
 /// Whether client publishing (durable when `durable`, else ephemeral) is open
 /// for `room`: the gateway's switch, a publish grant, or a room token.
 pub(crate) fn may_publish(
-    gw: &Shared,
+    gw: &GatewayState,
     identity: &Identity,
     room_grants: Option<&RoomGrants>,
     room: &Room,

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use zps_core::Metadata;
 
 use crate::auth::Identity;
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// Metadata key of a client-published event that names its publisher.
 pub const PUBLISHER_KEY: &str = "publisher";
@@ -19,11 +19,11 @@ pub const VERIFIED_KEY: &str = "verified";
 
 /// `{"sub": …, <member claim>: …}` from a verified token; `None` for an anonymous client.
 /// Built on the first publish or presence entry of a token, then reused.
-pub(crate) fn attested(gw: &Shared, identity: &Identity) -> Option<Value> {
+pub(crate) fn attested(gw: &GatewayState, identity: &Identity) -> Option<Value> {
     identity.attested.get_or_init(|| build(gw, identity)).clone()
 }
 
-fn build(gw: &Shared, identity: &Identity) -> Option<Value> {
+fn build(gw: &GatewayState, identity: &Identity) -> Option<Value> {
     let sub = identity.subject.as_ref()?;
     let mut out = Map::new();
     out.insert("sub".to_owned(), Value::String(sub.clone()));

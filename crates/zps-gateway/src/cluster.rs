@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zps_core::{Room, RoomPattern};
 
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// The scope no client may use.
 pub(crate) const RESERVED_SCOPE: &str = "zps-cluster";
@@ -47,7 +47,7 @@ pub(crate) struct KickOrder {
 
 impl KickOrder {
     /// Carries the order out on this node; how many connections closed.
-    fn apply(&self, gw: &Shared) -> usize {
+    fn apply(&self, gw: &GatewayState) -> usize {
         if let Some(secs) = self.ban_seconds {
             gw.ban(&self.subscriber, Duration::from_secs(secs));
         }
@@ -60,7 +60,7 @@ impl KickOrder {
 
 /// Disconnects (and bans) a subscriber here and tells the other nodes to do
 /// the same; the count is this node's.
-pub(crate) async fn disconnect_everywhere(gw: &Shared, order: KickOrder) -> usize {
+pub(crate) async fn disconnect_everywhere(gw: &GatewayState, order: KickOrder) -> usize {
     let closed = order.apply(gw);
     let sent = match serde_json::value::to_raw_value(&order) {
         Ok(payload) => gw
@@ -83,10 +83,10 @@ pub(crate) async fn disconnect_everywhere(gw: &Shared, order: KickOrder) -> usiz
 }
 
 /// Follows the other nodes' disconnect orders until the gateway is gone.
-pub(crate) fn follow_kicks(gw: &Arc<Shared>) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn follow_kicks(gw: &Arc<GatewayState>) -> Option<tokio::task::JoinHandle<()>> {
     use futures::StreamExt;
     let handle = tokio::runtime::Handle::try_current().ok()?;
-    let weak: Weak<Shared> = Arc::downgrade(gw);
+    let weak: Weak<GatewayState> = Arc::downgrade(gw);
     let (engine, node) = (gw.engine.clone(), gw.node_id.clone());
     Some(handle.spawn(async move {
         let mut orders = match engine
@@ -126,7 +126,7 @@ pub(crate) struct NodeReport {
 }
 
 /// This node's report now.
-pub(crate) fn local_report(gw: &Shared) -> NodeReport {
+pub(crate) fn local_report(gw: &GatewayState) -> NodeReport {
     let mut rooms = BTreeMap::new();
     for pattern in gw.engine.active_rooms() {
         let count = match &pattern {
@@ -142,7 +142,7 @@ pub(crate) fn local_report(gw: &Shared) -> NodeReport {
 }
 
 /// Every node's last report (this node's fresh), from the shared provider.
-pub(crate) async fn reports(gw: &Shared) -> zps_core::Result<Vec<NodeReport>> {
+pub(crate) async fn reports(gw: &GatewayState) -> zps_core::Result<Vec<NodeReport>> {
     let members = gw.engine.presence(nodes_room()).members().await?;
     let mut out: Vec<NodeReport> = members
         .into_iter()
@@ -157,9 +157,9 @@ pub(crate) async fn reports(gw: &Shared) -> zps_core::Result<Vec<NodeReport>> {
 }
 
 /// Reports this node's counts every `every` until the gateway is gone.
-pub(crate) fn start(gw: &Arc<Shared>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+pub(crate) fn start(gw: &Arc<GatewayState>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
     let handle = tokio::runtime::Handle::try_current().ok()?;
-    let weak: Weak<Shared> = Arc::downgrade(gw);
+    let weak: Weak<GatewayState> = Arc::downgrade(gw);
     Some(handle.spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,7 +9,7 @@ use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 const INDEX: &[u8] = include_bytes!("../assets/demo/index.html");
 const SCRIPT: &[u8] = include_bytes!("../assets/demo/demo.js");
@@ -40,7 +40,7 @@ pub(crate) async fn to_index() -> Redirect {
 /// `GET /`: a WebSocket upgrade is served as on `/ws`; anything else (a
 /// browser, curl) gets a short map of the gateway instead of an upgrade error.
 pub(crate) async fn root(
-    state: State<Arc<Shared>>,
+    state: State<Arc<GatewayState>>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 use zps_core::Realtime;
 
 use parking_lot::Mutex;
@@ -17,7 +18,7 @@ use crate::conn::ConnShared;
 use crate::replay::ReplayCache;
 use crate::room_hub::Hubs;
 
-pub(crate) struct Shared {
+pub(crate) struct GatewayState {
     pub(crate) engine: Realtime,
     pub(crate) config: GatewayConfig,
     pub(crate) verifier: Option<JwtVerifier>,
@@ -28,6 +29,9 @@ pub(crate) struct Shared {
     connections: AtomicUsize,
     pub(crate) draining: AtomicBool,
     pub(crate) drain: CancellationToken,
+    /// Every connection and the tasks working for one (publish queues, SSE
+    /// writers, kick timers): a drain closes it and waits until it is empty.
+    pub(crate) tasks: TaskTracker,
     pub(crate) prometheus: Option<PrometheusHandle>,
     /// Open connections, so a drain (and an operator) can reach each one.
     open: Mutex<HashMap<u64, Weak<ConnShared>>>,
@@ -40,10 +44,12 @@ pub(crate) struct Shared {
 /// How long a kicked connection gets to write its reason before it is closed anyway.
 const KICK_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Keeps a connection listed in [`Shared`]; unlisted on drop.
+/// Keeps a connection listed in [`GatewayState`]; unlisted on drop.
 pub(crate) struct Registration {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     id: u64,
+    /// Counts the connection in [`GatewayState::tasks`] until it is gone.
+    _task: TaskTrackerToken,
 }
 
 impl Drop for Registration {
@@ -54,7 +60,7 @@ impl Drop for Registration {
 
 /// Holds one of `max_connections` places; released on drop.
 pub(crate) struct ConnSlot {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
 }
 
 impl Drop for ConnSlot {
@@ -64,7 +70,7 @@ impl Drop for ConnSlot {
     }
 }
 
-impl Shared {
+impl GatewayState {
     pub(crate) fn new(
         engine: Realtime,
         config: GatewayConfig,
@@ -82,6 +88,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             drain: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             prometheus,
             open: Mutex::new(HashMap::new()),
             bans: Mutex::new(HashMap::new()),
@@ -132,6 +139,7 @@ impl Shared {
         Registration {
             shared: self.clone(),
             id: conn.id,
+            _task: self.tasks.token(),
         }
     }
 
@@ -165,7 +173,7 @@ impl Shared {
             });
             // A peer that reads nothing would never see it: close regardless, soon.
             let weak = Arc::downgrade(conn);
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 tokio::time::sleep(KICK_GRACE).await;
                 if let Some(conn) = weak.upgrade() {
                     conn.kill(CloseCode::Kicked);

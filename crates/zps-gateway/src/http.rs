@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use zps_core::{HealthStatus, MetricsSnapshot, TransportHealth};
 
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// What `GET /health` answers.
 #[derive(Debug, Clone, Serialize)]
@@ -35,7 +35,7 @@ impl GatewayHealth {
     }
 }
 
-pub(crate) async fn health_of(gw: &Shared) -> GatewayHealth {
+pub(crate) async fn health_of(gw: &GatewayState) -> GatewayHealth {
     let health = gw.engine.health().await;
     let draining = gw.is_draining();
     let status = if draining {
@@ -57,7 +57,7 @@ pub(crate) async fn health_of(gw: &Shared) -> GatewayHealth {
     }
 }
 
-pub(crate) async fn health(State(gw): State<Arc<Shared>>) -> Response {
+pub(crate) async fn health(State(gw): State<Arc<GatewayState>>) -> Response {
     let h = health_of(&gw).await;
     let code = if h.is_ok() {
         StatusCode::OK
@@ -71,7 +71,7 @@ pub(crate) async fn live() -> &'static str {
     "ok"
 }
 
-pub(crate) async fn ready(State(gw): State<Arc<Shared>>) -> Response {
+pub(crate) async fn ready(State(gw): State<Arc<GatewayState>>) -> Response {
     let h = health_of(&gw).await;
     let ready = h.is_ok();
     let code = if ready {
@@ -86,7 +86,7 @@ pub(crate) async fn ready(State(gw): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-pub(crate) async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
+pub(crate) async fn metrics(State(gw): State<Arc<GatewayState>>) -> Response {
     match &gw.prometheus {
         Some(handle) => {
             gw.engine.export_metrics();
@@ -107,7 +107,7 @@ pub(crate) async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
 }
 
 /// Browser origin allow-list; requests without `Origin` (non-browser clients) pass.
-pub(crate) fn origin_allowed(gw: &Shared, headers: &HeaderMap) -> bool {
+pub(crate) fn origin_allowed(gw: &GatewayState, headers: &HeaderMap) -> bool {
     let Some(allowed) = &gw.config.allowed_origins else {
         return true;
     };
@@ -120,7 +120,7 @@ pub(crate) fn origin_allowed(gw: &Shared, headers: &HeaderMap) -> bool {
 /// CORS for the browser-facing HTTP routes (`/events`, `/api/v1`): the same
 /// origin allow-list as WebSocket upgrades; any origin when none is configured
 /// (credentials travel in the `Authorization` header, never in cookies).
-pub(crate) fn cors(gw: &Shared) -> tower_http::cors::CorsLayer {
+pub(crate) fn cors(gw: &GatewayState) -> tower_http::cors::CorsLayer {
     use axum::http::{HeaderName, HeaderValue, Method};
     use tower_http::cors::{AllowOrigin, CorsLayer};
     let origin = match &gw.config.allowed_origins {

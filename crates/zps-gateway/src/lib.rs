@@ -53,7 +53,7 @@ pub use auth::{AuthAction, AuthConfig, AuthorizeRequest, Authorizer, Claims, Jwt
 pub use config::{GatewayConfig, Limits};
 pub use http::GatewayHealth;
 
-use gateway_state::Shared;
+use gateway_state::GatewayState;
 
 /// Errors building a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 /// A gateway over one engine; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
 }
 
 /// Log directives to append to any filter: the WebSocket and HTTP libraries
@@ -161,7 +161,7 @@ impl Gateway {
         if let Some(v) = &verifier {
             v.start_refresh();
         }
-        let shared = Arc::new(Shared::new(engine, config, verifier, prometheus_handle()));
+        let shared = Arc::new(GatewayState::new(engine, config, verifier, prometheus_handle()));
         // A report outlives its presence entry's TTL only if it is refreshed in time.
         let every = shared
             .config
@@ -252,12 +252,12 @@ impl Gateway {
             return;
         }
         tracing::info!(connections = gw.connections(), "draining gateway");
+        gw.tasks.close();
         gw.drain.cancel();
         gw.close_all(zps_protocol::CloseCode::ServiceRestart);
-        let deadline =
-            tokio::time::Instant::now() + gw.config.drain_timeout.unwrap_or(Duration::from_secs(10));
-        while gw.connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let bound = gw.config.drain_timeout.unwrap_or(Duration::from_secs(10));
+        if tokio::time::timeout(bound, gw.tasks.wait()).await.is_err() {
+            tracing::warn!(left = gw.tasks.len(), "drain timed out; closing anyway");
         }
         if let Err(e) = gw.engine.close().await {
             tracing::warn!(error = %e, "closing the transport failed");

@@ -1,18 +1,18 @@
-//! A connection's publish lane. A producer sending many events over one socket
-//! would otherwise wait one storage round trip per event; the lane stores the
+//! A connection's publish queue. A producer sending many events over one socket
+//! would otherwise wait one storage round trip per event; the queue stores the
 //! publishes queued behind each other as one ordered batch
 //! ([`Realtime::publish_batch`]).
 //!
-//! The lane is a task of its own, for every transport, even in-process
+//! The queue is a task of its own, for every transport, even in-process
 //! storage that never waits: storing on the connection task itself saves a
 //! hop but serializes reading, storing, fanning out and answering, and the
 //! 1 000-subscriber fan-out measured 0.76× instead of 0.88× of the baseline
 //! that way (docs/performance.md).
 //!
-//! Order is kept: one lane per connection, batches in arrival order, and the
+//! Order is kept: one queue per connection, batches in arrival order, and the
 //! engine numbers a batch's events of one room in the order given. Any other
 //! message of the connection waits until its earlier publishes are answered
-//! ([`PublishLane::settled`]), so a replay or subscribe sent after a publish
+//! ([`PublishQueue::settled`]), so a replay or subscribe sent after a publish
 //! sees it stored.
 
 use std::sync::Arc;
@@ -45,19 +45,24 @@ struct InFlight {
     idle: Notify,
 }
 
-/// The sending side, owned by the connection task; dropping it ends the lane
+/// The sending side, owned by the connection task; dropping it ends the queue
 /// once the queued publishes are stored.
-pub(crate) struct PublishLane {
+pub(crate) struct PublishQueue {
     tx: mpsc::Sender<Pending>,
     in_flight: Arc<InFlight>,
 }
 
-impl PublishLane {
-    /// Starts the lane's task (on a connection's first publish).
-    pub(crate) fn start(engine: Realtime, conn: Arc<ConnShared>) -> Self {
+impl PublishQueue {
+    /// Starts the queue's task (on a connection's first publish).
+    /// The task is one of `tasks`, so a drain waits for the publishes in it.
+    pub(crate) fn start(
+        engine: Realtime,
+        conn: Arc<ConnShared>,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
         let in_flight = Arc::new(InFlight::default());
-        tokio::spawn(run(engine, conn, rx, in_flight.clone()));
+        tasks.spawn(run(engine, conn, rx, in_flight.clone()));
         Self { tx, in_flight }
     }
 

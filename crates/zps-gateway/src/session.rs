@@ -12,9 +12,9 @@ use crate::auth::{AuthAction, Identity};
 use crate::conn::{ConnShared, RoomSub, notice_frame};
 use crate::frames::EventFrame;
 use crate::frames::control;
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 use crate::room_hub::HubKind;
-use crate::writer::{Disconnected, Pipe, Writer};
+use crate::writer::{ConnWriter, Disconnected, Writer};
 use zps_core::room_sync::Delivery;
 
 /// History page size for catch-up.
@@ -113,7 +113,7 @@ fn room_refusal(e: &RoomError, raw: &str) -> Refusal {
 }
 
 /// Parses a room or pattern and applies the scope allow-list (4422).
-pub(crate) fn parse_target(gw: &Shared, raw: &str) -> Result<RoomPattern, Refusal> {
+pub(crate) fn parse_target(gw: &GatewayState, raw: &str) -> Result<RoomPattern, Refusal> {
     let target = RoomPattern::parse(raw).map_err(|e| room_refusal(&e, raw))?;
     if target.scope() == crate::cluster::RESERVED_SCOPE {
         return Err(Refusal::new(ErrorCode::InvalidRoom, "reserved scope").in_room(raw));
@@ -141,7 +141,7 @@ fn state_json(msg: &ServerMessage) -> serde_json::Value {
 
 /// One connection's session.
 pub(crate) struct Session {
-    pub(crate) gw: Arc<Shared>,
+    pub(crate) gw: Arc<GatewayState>,
     pub(crate) conn: Arc<ConnShared>,
     pub(crate) subscriber_id: Option<String>,
     pub(crate) identity: Identity,
@@ -152,7 +152,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(gw: Arc<Shared>, conn: Arc<ConnShared>) -> Self {
+    pub(crate) fn new(gw: Arc<GatewayState>, conn: Arc<ConnShared>) -> Self {
         Self {
             gw,
             conn,
@@ -221,7 +221,7 @@ impl Session {
     /// Subscribes to a room (history from `from` first) or a `scope:*` pattern (live).
     pub(crate) async fn subscribe<W: Writer>(
         &mut self,
-        pipe: &mut Pipe<W>,
+        pipe: &mut ConnWriter<W>,
         target: RoomPattern,
         from: Option<u64>,
         epoch: Option<String>,
@@ -322,7 +322,7 @@ impl Session {
     /// precede whatever the hub handed out after them.
     pub(crate) async fn catch_up<W: Writer>(
         &mut self,
-        pipe: &mut Pipe<W>,
+        pipe: &mut ConnWriter<W>,
         room: &Room,
     ) -> Result<(), Failure> {
         let types: Option<Vec<String>> = {
@@ -382,7 +382,7 @@ impl Session {
     /// Writes what a room's sync handed out, in order.
     async fn write_deliveries<W: Writer>(
         &self,
-        pipe: &mut Pipe<W>,
+        pipe: &mut ConnWriter<W>,
         room: &Room,
         ready: Vec<Delivery<Arc<EventFrame>>>,
     ) -> Result<(), Failure> {
@@ -412,7 +412,7 @@ impl Session {
 
     /// Re-reads history for rooms whose live stream showed a hole. A room whose
     /// history cannot be read is dropped (error with its name) so the client resubscribes.
-    pub(crate) async fn resync<W: Writer>(&mut self, pipe: &mut Pipe<W>) -> Result<(), Failure> {
+    pub(crate) async fn resync<W: Writer>(&mut self, pipe: &mut ConnWriter<W>) -> Result<(), Failure> {
         for room in self.conn.take_resync() {
             match self.catch_up(pipe, &room).await {
                 Ok(()) => {}

@@ -24,11 +24,11 @@ use zps_protocol::{ErrorCode, Ready, ServerMessage};
 use crate::auth::{AuthAction, TokenError};
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound};
-use crate::gateway_state::{ConnSlot, Shared};
+use crate::gateway_state::{ConnSlot, GatewayState};
 use crate::http::origin_allowed;
 use crate::outbox::Signal;
 use crate::session::{Failure, Refusal, Session};
-use crate::writer::{Pipe, SseWriter};
+use crate::writer::{ConnWriter, SseWriter};
 
 #[derive(Default)]
 struct Params {
@@ -97,7 +97,7 @@ fn http_error(status: StatusCode, r: &Refusal) -> Response {
 
 /// `GET /events`.
 pub(crate) async fn handler(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -225,14 +225,15 @@ pub(crate) async fn handler(
 
     let (tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     let limits = &gw.config.limits;
-    let pipe = Pipe::new(
+    let pipe = ConnWriter::new(
         SseWriter {
             tx,
             stall: limits.heartbeat_interval + limits.heartbeat_timeout,
         },
         conn,
     );
-    tokio::spawn(run(session, pipe, targets, positions, params, slot));
+    gw.tasks
+        .spawn(run(session, pipe, targets, positions, params, slot));
     metrics::counter!("zps_gateway_connections_opened_total", "transport" => "sse").increment(1);
     let body = Body::from_stream(tokio_stream_from(body_rx));
     let mut response = Response::new(body);
@@ -254,7 +255,7 @@ fn tokio_stream_from(
 
 async fn run(
     mut session: Session,
-    mut pipe: Pipe<SseWriter>,
+    mut pipe: ConnWriter<SseWriter>,
     targets: Vec<RoomPattern>,
     positions: HashMap<RoomPattern, u64>,
     params: Params,

@@ -50,7 +50,7 @@ impl Writer for WsWriter {
             Outbound::Close(code) => Message::Close(Some(close_frame(code))),
         };
         // Buffered: the socket is written when the buffer fills or on flush.
-        // The stall limit applies to the whole batch (see `Pipe::forward`).
+        // The stall limit applies to the whole batch (see `ConnWriter::forward`).
         self.sink.feed(msg).await.map_err(|_| Disconnected)
     }
 
@@ -97,7 +97,7 @@ impl Writer for SseWriter {
 }
 
 /// Writer plus the connection whose queue it drains.
-pub(crate) struct Pipe<W> {
+pub(crate) struct ConnWriter<W> {
     pub(crate) writer: W,
     pub(crate) conn: Arc<ConnShared>,
     /// Frames taken from the queue, being written.
@@ -107,7 +107,7 @@ pub(crate) struct Pipe<W> {
     unsettled: usize,
 }
 
-impl<W: Writer> Pipe<W> {
+impl<W: Writer> ConnWriter<W> {
     pub(crate) fn new(writer: W, conn: Arc<ConnShared>) -> Self {
         Self {
             writer,
@@ -132,7 +132,7 @@ impl<W: Writer> Pipe<W> {
         self.conn.next_signal(&mut self.taken, written).await
     }
 
-    /// Writes the frames [`Pipe::next`] took (`bytes` in total) and flushes
+    /// Writes the frames [`ConnWriter::next`] took (`bytes` in total) and flushes
     /// once: one system call per batch, not per frame.
     pub(crate) async fn write_taken(&mut self, bytes: usize) -> Result<(), Disconnected> {
         let stall = self.writer.stall();

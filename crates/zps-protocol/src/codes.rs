@@ -80,6 +80,24 @@ impl ErrorCode {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
+
+    /// The HTTP status the HTTP API answers with this code (the same refusal,
+    /// whichever way the client came in).
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Malformed => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden | Self::AccessDenied => 403,
+            Self::NotFound | Self::NotSubscribed => 404,
+            Self::AlreadyInitialised => 409,
+            Self::PayloadTooLarge => 413,
+            Self::InvalidRoom => 422,
+            Self::RateLimited | Self::TooManySubscriptions => 429,
+            Self::Internal => 500,
+            Self::Unsupported => 501,
+            Self::Unavailable => 503,
+        }
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -203,6 +221,22 @@ mod tests {
             .filter_map(|l| l.split('`').next())
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn the_protocol_doc_gives_each_code_its_http_status() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("Error codes"))
+            .expect("docs/protocol.md has `## Error codes`");
+        for c in ErrorCode::ALL {
+            let row = format!("| `{}` | {} |", c.as_str(), c.http_status());
+            assert!(
+                section.contains(&row),
+                "docs/protocol.md: expected a row starting {row}"
+            );
+        }
     }
 
     #[test]

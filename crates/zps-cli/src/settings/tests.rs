@@ -2,10 +2,43 @@
 
 use super::*;
 
+fn file(name: &str, text: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("zps-settings-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gw.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
 #[test]
 fn unknown_file_keys_are_named() {
-    let err = toml::from_str::<FileSettings>("port = 1\nmax_conections = 5\n").unwrap_err();
-    assert!(err.message().contains("max_conections"), "{}", err.message());
+    let (dir, path) = file("unknown", "port = 1\nmax_conections = 5\nconfig = \"x\"\n");
+    let args = GatewayArgs {
+        config: Some(path),
+        ..Default::default()
+    };
+    let err = Settings::resolve(args).unwrap_err().to_string();
+    assert!(err.contains("unknown keys: config, max_conections"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn every_flag_is_a_file_key_and_provider_keys_are_flat() {
+    let (dir, path) = file(
+        "flat",
+        "provider = \"redis\"\nredis_prefix = \"p:\"\nsqlite_synchronous = \"normal\"\nallow_client_publish = true\ndrain_timeout_ms = 5\n",
+    );
+    let s = Settings::resolve(GatewayArgs {
+        config: Some(path),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.provider.kind, ProviderKind::Redis);
+    assert_eq!(s.provider.given.redis_prefix.as_deref(), Some("p:"));
+    assert_eq!(s.provider.given.sqlite_synchronous, Some(SqliteSync::Normal));
+    assert!(s.limits.allow_client_publish);
+    assert_eq!(s.drain_timeout, Duration::from_millis(5));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::keys::{ApiKey, Scope, looks_like_key};
 use crate::access::{authorize, check_connection_token};
 use crate::auth::{AuthAction, Identity, TokenError};
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 use crate::session::parse_target;
 
 /// The authenticated caller of one request.
@@ -45,7 +45,7 @@ impl Caller {
     /// the context carries the action, the room and `extensions["caller"]`.
     pub(crate) async fn check(
         &self,
-        gw: &Shared,
+        gw: &GatewayState,
         action: Action,
         room: Option<&Room>,
     ) -> Result<(), ApiError> {
@@ -102,7 +102,7 @@ impl Caller {
     /// socket rules would allow (same claims, hooks and allow-list).
     pub(crate) async fn allow(
         &self,
-        gw: &Arc<Shared>,
+        gw: &Arc<GatewayState>,
         scope: Scope,
         action: AuthAction,
         room: &Room,
@@ -119,10 +119,10 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<Arc<Shared>> for Caller {
+impl FromRequestParts<Arc<GatewayState>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, gw: &Arc<Shared>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, gw: &Arc<GatewayState>) -> Result<Self, ApiError> {
         let credential = parts
             .headers
             .get(header::AUTHORIZATION)

@@ -60,21 +60,9 @@ impl ApiError {
     }
 }
 
-/// The HTTP status for a protocol code.
+/// The HTTP status for a protocol code (declared with the code, in `zps-protocol`).
 pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::Malformed => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Forbidden | ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
-        ErrorCode::NotFound | ErrorCode::NotSubscribed => StatusCode::NOT_FOUND,
-        ErrorCode::AlreadyInitialised => StatusCode::CONFLICT,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::InvalidRoom => StatusCode::UNPROCESSABLE_ENTITY,
-        ErrorCode::RateLimited | ErrorCode::TooManySubscriptions => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl From<Refusal> for ApiError {

@@ -17,7 +17,7 @@ use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
 use crate::cluster::{KickOrder, disconnect_everywhere};
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 use zps_core::middleware::Action;
 
 /// A subscriber's position in a room.
@@ -53,7 +53,7 @@ fn own_subscriber(caller: &Caller, id: &str) -> Result<(), ApiError> {
     security(("bearer" = []))
 )]
 pub(crate) async fn get_cursor(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((id, raw)): Path<(String, String)>,
 ) -> Result<Json<CursorIo>, ApiError> {
@@ -81,7 +81,7 @@ pub(crate) async fn get_cursor(
     security(("bearer" = []))
 )]
 pub(crate) async fn put_cursor(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((id, raw)): Path<(String, String)>,
     Body(body): Body<CursorIo>,
@@ -123,7 +123,7 @@ pub(crate) struct Closed {
     security(("bearer" = []))
 )]
 pub(crate) async fn disconnect_subscriber(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(id): Path<String>,
     Body(body): Body<KickIn>,
@@ -151,7 +151,7 @@ pub(crate) async fn disconnect_subscriber(
     security(("bearer" = []))
 )]
 pub(crate) async fn kick_connection(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<KickIn>,
@@ -199,7 +199,7 @@ pub(crate) struct DlqPage {
     security(("bearer" = []))
 )]
 pub(crate) async fn dlq_list(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
     Query(p): Query<DlqParams>,
@@ -257,7 +257,7 @@ pub(crate) struct DlqIndex {
     security(("bearer" = []))
 )]
 pub(crate) async fn dlq_index(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Query(p): Query<DlqIndexParams>,
 ) -> Result<Json<DlqIndex>, ApiError> {
@@ -313,7 +313,7 @@ pub(crate) struct Replayed {
     security(("bearer" = []))
 )]
 pub(crate) async fn dlq_replay(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((raw, entry)): Path<(String, u64)>,
 ) -> Result<Json<Replayed>, ApiError> {
@@ -350,7 +350,7 @@ pub(crate) async fn dlq_replay(
     security(("bearer" = []))
 )]
 pub(crate) async fn dlq_remove(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((raw, entry)): Path<(String, u64)>,
 ) -> Result<Response, ApiError> {
@@ -377,7 +377,10 @@ pub(crate) struct Pruned {
     responses((status = 200, body = Pruned), (status = 403, body = ErrorBody)),
     security(("bearer" = []))
 )]
-pub(crate) async fn prune(State(gw): State<Arc<Shared>>, caller: Caller) -> Result<Json<Pruned>, ApiError> {
+pub(crate) async fn prune(
+    State(gw): State<Arc<GatewayState>>,
+    caller: Caller,
+) -> Result<Json<Pruned>, ApiError> {
     caller.unlimited_key(Scope::Admin)?;
     let removed = gw.engine.prune_expired().await?;
     Ok(Json(Pruned { removed }))

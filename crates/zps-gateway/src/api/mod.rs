@@ -34,7 +34,7 @@ use utoipa_axum::routes;
 pub use caller::RateLimiter;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl utoipa::Modify for Security {
 }
 
 /// The API's routes and its OpenAPI document, built from the same handlers.
-fn api() -> (Router<Arc<Shared>>, utoipa::openapi::OpenApi) {
+fn api() -> (Router<Arc<GatewayState>>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .routes(routes!(publish::publish))
         .routes(routes!(publish::broadcast))
@@ -142,7 +142,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// `/api/v1/…` routes, with body limits and the document at `/api/v1/openapi.json`.
-pub(crate) fn router(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
+pub(crate) fn router(shared: &Arc<GatewayState>) -> Router<Arc<GatewayState>> {
     let (routes, doc) = api();
     let json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
     routes

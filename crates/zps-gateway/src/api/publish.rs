@@ -18,7 +18,7 @@ use super::error::{ApiError, Body, ErrorBody, ErrorDetail, RawBody};
 use super::keys::Scope;
 use super::rooms::parse_room;
 use crate::auth::AuthAction;
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// Most events in one batch.
 const MAX_BATCH: usize = 1_000;
@@ -125,7 +125,12 @@ fn err_item(e: ApiError) -> BatchItem {
 impl EventIn {
     /// The request to store; a client's event carries what the gateway vouches for
     /// about its publisher (see [`crate::attest::stamp`]), an API key's is trusted as sent.
-    fn into_request(self, room: Room, gw: &Shared, caller: &Caller) -> Result<PublishRequest, ApiError> {
+    fn into_request(
+        self,
+        room: Room,
+        gw: &GatewayState,
+        caller: &Caller,
+    ) -> Result<PublishRequest, ApiError> {
         let payload = self.payload.unwrap_or_else(zps_core::envelope::null_payload);
         let limit = gw.config.limits.max_payload_bytes;
         if payload.get().len() > limit {
@@ -151,7 +156,7 @@ impl EventIn {
 }
 
 /// Checks the caller may publish to `raw` and parses it.
-async fn publish_target(caller: &Caller, gw: &Arc<Shared>, raw: &str) -> Result<Room, ApiError> {
+async fn publish_target(caller: &Caller, gw: &Arc<GatewayState>, raw: &str) -> Result<Room, ApiError> {
     let room = parse_room(gw, raw)?;
     if let Caller::Client(identity) = caller
         && !crate::access::may_publish(gw, identity, None, &room, true)
@@ -191,7 +196,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     security(("bearer" = []))
 )]
 pub(crate) async fn publish(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -227,7 +232,7 @@ pub(crate) async fn publish(
 
 /// Stores the requests that passed their checks as one ordered batch; refusals
 /// decided before storage keep their place in the results.
-async fn store(gw: &Shared, checked: Vec<Result<PublishRequest, ApiError>>) -> Vec<BatchItem> {
+async fn store(gw: &GatewayState, checked: Vec<Result<PublishRequest, ApiError>>) -> Vec<BatchItem> {
     let mut results: Vec<Option<BatchItem>> = Vec::with_capacity(checked.len());
     let (mut requests, mut slots) = (Vec::new(), Vec::new());
     for (i, c) in checked.into_iter().enumerate() {
@@ -287,7 +292,7 @@ pub(crate) struct BroadcastIn {
     security(("bearer" = []))
 )]
 pub(crate) async fn broadcast(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Body(b): Body<BroadcastIn>,
 ) -> Result<Response, ApiError> {
@@ -346,7 +351,7 @@ pub(crate) struct EphemeralIn {
     security(("bearer" = []))
 )]
 pub(crate) async fn ephemeral(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Body(e): Body<EphemeralIn>,
 ) -> Result<Response, ApiError> {

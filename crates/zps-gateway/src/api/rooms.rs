@@ -19,12 +19,12 @@ use super::keys::Scope;
 use crate::auth::AuthAction;
 use crate::cluster;
 use crate::conn::Command;
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 use zps_core::middleware::Action;
 
 /// A room name (path or body): the same checks as a socket's (reserved scope,
 /// `--scopes` allow-list), and an exact room, never a pattern.
-pub(crate) fn parse_room(gw: &Shared, raw: &str) -> Result<Room, ApiError> {
+pub(crate) fn parse_room(gw: &GatewayState, raw: &str) -> Result<Room, ApiError> {
     match crate::session::parse_target(gw, raw)? {
         RoomPattern::Exact(room) => Ok(room),
         RoomPattern::Scope(_) => Err(ApiError::new(
@@ -68,7 +68,7 @@ pub(crate) struct RoomList {
 }
 
 /// Subscriber counts per room, summed over every node's report.
-async fn cluster_counts(gw: &Shared) -> Result<(BTreeMap<String, u64>, usize), ApiError> {
+async fn cluster_counts(gw: &GatewayState) -> Result<(BTreeMap<String, u64>, usize), ApiError> {
     let reports = cluster::reports(gw).await?;
     let nodes = reports.len();
     let mut counts = BTreeMap::new();
@@ -90,7 +90,7 @@ async fn cluster_counts(gw: &Shared) -> Result<(BTreeMap<String, u64>, usize), A
     security(("bearer" = []))
 )]
 pub(crate) async fn list_rooms(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Query(p): Query<ListParams>,
 ) -> Result<Json<RoomList>, ApiError> {
@@ -141,7 +141,7 @@ pub(crate) struct RoomOut {
     security(("bearer" = []))
 )]
 pub(crate) async fn room(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<RoomOut>, ApiError> {
@@ -205,7 +205,7 @@ pub(crate) struct EventsPage {
     security(("bearer" = []))
 )]
 pub(crate) async fn events(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
     Query(p): Query<EventsParams>,
@@ -263,7 +263,7 @@ pub(crate) struct PresenceOut {
     security(("bearer" = []))
 )]
 pub(crate) async fn presence(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<PresenceOut>, ApiError> {
@@ -307,7 +307,7 @@ pub(crate) struct PresenceIn {
     security(("bearer" = []))
 )]
 pub(crate) async fn presence_enter(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((raw, connection)): Path<(String, String)>,
     Body(body): Body<PresenceIn>,
@@ -338,7 +338,7 @@ pub(crate) async fn presence_enter(
     security(("bearer" = []))
 )]
 pub(crate) async fn presence_leave(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path((raw, connection)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -357,7 +357,7 @@ pub(crate) async fn presence_leave(
 /// Runs a command on one of this node's connections, owned by the caller
 /// (a key with `admin` may act on any).
 async fn connection_command(
-    gw: &Shared,
+    gw: &GatewayState,
     caller: &Caller,
     connection: &str,
     command: impl FnOnce(tokio::sync::oneshot::Sender<Result<serde_json::Value, ApiError>>) -> Command,
@@ -403,7 +403,7 @@ pub(crate) struct SnapshotIo {
     security(("bearer" = []))
 )]
 pub(crate) async fn get_snapshot(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
 ) -> Result<Json<SnapshotIo>, ApiError> {
@@ -432,7 +432,7 @@ pub(crate) async fn get_snapshot(
     security(("bearer" = []))
 )]
 pub(crate) async fn put_snapshot(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Path(raw): Path<String>,
     Body(body): Body<SnapshotIo>,

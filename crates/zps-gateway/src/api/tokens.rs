@@ -16,7 +16,7 @@ use super::caller::Caller;
 use super::error::{ApiError, Body, ErrorBody};
 use super::keys::Scope;
 use crate::auth::{JwtKey, unix_now};
-use crate::gateway_state::Shared;
+use crate::gateway_state::GatewayState;
 
 /// Longest lifetime of a minted token.
 const MAX_TTL_SECONDS: u64 = 24 * 3600;
@@ -59,7 +59,7 @@ pub(crate) struct TokenOut {
     security(("bearer" = []))
 )]
 pub(crate) async fn mint(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Body(t): Body<TokenIn>,
 ) -> Result<Json<TokenOut>, ApiError> {
@@ -147,7 +147,7 @@ pub(crate) struct RoomTokenIn {
     security(("bearer" = []))
 )]
 pub(crate) async fn mint_room(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     caller: Caller,
     Body(t): Body<RoomTokenIn>,
 ) -> Result<Json<TokenOut>, ApiError> {
@@ -188,7 +188,7 @@ pub(crate) async fn mint_room(
 }
 
 /// Adds the `iss` and `aud` this gateway requires, so its own tokens pass.
-fn stamp(gw: &Shared, claims: &mut serde_json::Map<String, serde_json::Value>) {
+fn stamp(gw: &GatewayState, claims: &mut serde_json::Map<String, serde_json::Value>) {
     if let Some(iss) = &gw.config.auth.issuer {
         claims.insert("iss".into(), iss.clone().into());
     }

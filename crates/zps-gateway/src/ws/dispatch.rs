@@ -10,7 +10,7 @@ use zps_protocol::{Ack, ClientMessage, CloseCode, ErrorCode, Ping, Ready, Server
 use super::{Conn, Next};
 use crate::auth::{AuthAction, TokenError};
 use crate::frames::{Outbound, ReplayOut};
-use crate::publish_queue::{Pending, PublishLane};
+use crate::publish_queue::{Pending, PublishQueue};
 use crate::session::{Failure, Refusal};
 use crate::writer::Disconnected;
 
@@ -30,10 +30,10 @@ impl Conn {
             };
         }
         if !matches!(msg, ClientMessage::Publish(_))
-            && let Some(lane) = &self.lane
+            && let Some(queue) = &self.publish_queue
         {
             // Whatever follows a publish sees it stored, and its answer goes out first.
-            lane.settled().await;
+            queue.settled().await;
             self.pipe.drain_queue().await?;
         }
         let result = match msg {
@@ -281,8 +281,8 @@ impl Conn {
         }
         let engine = &gw.engine;
         let conn = &self.session.conn;
-        self.lane
-            .get_or_insert_with(|| PublishLane::start(engine.clone(), conn.clone()))
+        self.publish_queue
+            .get_or_insert_with(|| PublishQueue::start(engine.clone(), conn.clone(), &gw.tasks))
             .submit(Pending {
                 request: req,
                 request_id: p.request_id,

@@ -22,12 +22,12 @@ use deadlines::Deadlines;
 use crate::auth::unix_now;
 use crate::conn::ConnShared;
 use crate::frames::{ConnKind, Outbound, control};
-use crate::gateway_state::{ConnSlot, Shared};
+use crate::gateway_state::{ConnSlot, GatewayState};
 use crate::http::origin_allowed;
 use crate::outbox::Signal;
-use crate::publish_queue::PublishLane;
+use crate::publish_queue::PublishQueue;
 use crate::session::{Failure, Refusal, Session};
-use crate::writer::{Disconnected, Pipe, WsWriter, close_frame};
+use crate::writer::{ConnWriter, Disconnected, WsWriter, close_frame};
 
 /// How long before `exp` a `token_expiring` notice is sent.
 const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
@@ -42,7 +42,7 @@ const MAX_FLOODED_WINDOWS: u32 = 3;
 
 /// `GET /` and `GET /ws`: upgrade to a WebSocket.
 pub(crate) async fn handler(
-    State(gw): State<Arc<Shared>>,
+    State(gw): State<Arc<GatewayState>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -127,7 +127,7 @@ impl RateWindow {
 
 struct Conn {
     session: Session,
-    pipe: Pipe<WsWriter>,
+    pipe: ConnWriter<WsWriter>,
     initialized: bool,
     rate: RateWindow,
     last_seen: Instant,
@@ -135,7 +135,7 @@ struct Conn {
     /// When the token timer fires next (notice, then expiry); `None` without a token.
     expiry_at: Option<Instant>,
     /// Started by the first publish.
-    lane: Option<PublishLane>,
+    publish_queue: Option<PublishQueue>,
 }
 
 /// Outcome of handling one inbound frame.
@@ -144,7 +144,7 @@ enum Next {
     Close(CloseCode),
 }
 
-async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot, kind: ConnKind) {
+async fn run(socket: WebSocket, gw: Arc<GatewayState>, slot: ConnSlot, kind: ConnKind) {
     let id = gw.next_conn_id();
     let key: Arc<str> = Arc::from(format!("{}-{id}", gw.node_id));
     let conn_shared = ConnShared::new(id, key, kind, gw.config.limits.max_socket_buffered_bytes);
@@ -156,7 +156,7 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot, kind: ConnKind)
     };
     let mut conn = Conn {
         session: Session::new(gw.clone(), conn_shared.clone()),
-        pipe: Pipe::new(writer, conn_shared.clone()),
+        pipe: ConnWriter::new(writer, conn_shared.clone()),
         initialized: false,
         rate: RateWindow {
             started: Instant::now(),
@@ -167,7 +167,7 @@ async fn run(socket: WebSocket, gw: Arc<Shared>, slot: ConnSlot, kind: ConnKind)
         last_seen: Instant::now(),
         expiry_noticed: false,
         expiry_at: None,
-        lane: None,
+        publish_queue: None,
     };
     metrics::counter!("zps_gateway_connections_opened_total", "transport" => "ws").increment(1);
     let limits = gw.config.limits.clone();
@@ -380,7 +380,7 @@ impl Conn {
 
     /// Handles `first` and every message already read behind it (up to a
     /// budget) before looking at the queue again: the publishes of a burst
-    /// reach the lane together and their answers leave in one write.
+    /// reach the publish queue together and their answers leave in one write.
     async fn inbound_burst(
         &mut self,
         first: Option<Result<Message, axum::Error>>,
