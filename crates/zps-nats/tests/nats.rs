@@ -321,6 +321,59 @@ async fn a_claim_left_by_a_dead_publisher_is_taken_over() {
     assert_eq!(zero.envelope.sequence, 3);
 }
 
+/// Regression (the fault suite's gateway-kill on NATS): a publish waiting out a dead
+/// publisher's claim held the room's turn, so every other publish to that room on the
+/// surviving gateway stalled for `request_timeout` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_out_a_dead_claim_holds_up_no_other_publish_to_the_room() {
+    let (prefix, mut config) = support::config();
+    config.request_timeout = Duration::from_secs(3);
+    let transport = Arc::new(support::connect(config).await);
+    let room = Room::parse("chat:orphan").unwrap();
+    let event = |id: &str| {
+        NewEvent::from_request(
+            req(&room, 1).with_id(id),
+            Duration::from_secs(60),
+            Timestamp::now(),
+        )
+        .unwrap()
+    };
+    for batched in [false, true] {
+        let dead = format!("in-flight-at-the-kill-{batched}");
+        leave_pending_claim(&prefix, &dead).await;
+        let waiting = {
+            let (t, e) = (transport.clone(), event(&dead));
+            tokio::spawn(async move {
+                if batched {
+                    t.publish_batch(vec![e]).await.map(|mut v| v.remove(0))
+                } else {
+                    t.publish(e).await
+                }
+            })
+        };
+        // Give the waiting publish time to take the room's turn, as it used to.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let other = format!("other-{batched}");
+        let stored = if batched {
+            transport
+                .publish_batch(vec![event(&other)])
+                .await
+                .unwrap()
+                .remove(0)
+        } else {
+            transport.publish(event(&other)).await.unwrap()
+        };
+        assert!(!stored.duplicate);
+        assert!(
+            !waiting.is_finished(),
+            "the other publish is stored while the dead claim is still being waited out"
+        );
+        let taken_over = waiting.await.unwrap().unwrap();
+        assert_eq!(taken_over.envelope.id, dead);
+        assert!(!taken_over.duplicate);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_from_two_processes_keep_each_batch_in_order() {
     let (_prefix, config) = support::config();

@@ -46,7 +46,6 @@ impl NatsTransport {
             return Ok(Vec::new());
         };
         let slot = self.head_slot(&first.room);
-        let mut cached = slot.lock().await;
         // A repeated id within the batch answers as a duplicate of its first occurrence.
         let mut first_of: HashMap<&str, usize> = HashMap::new();
         let mut unique = Vec::new();
@@ -82,6 +81,9 @@ impl NatsTransport {
                 Claim::Stored(original) => answers[pos] = Some(duplicate(original)),
             }
         }
+        // Claims are settled before the room's turn is taken (see `store`): one
+        // waiting out a dead publisher's claim holds up no other publish.
+        let mut cached = slot.lock().await;
         for (n, (pos, subject)) in owned.iter().enumerate() {
             match self.store_claimed(&group[*pos].1, &mut cached).await {
                 Ok(outcome) => {

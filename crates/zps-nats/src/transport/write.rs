@@ -39,13 +39,16 @@ impl NatsTransport {
     /// when its id was stored before.
     pub(super) async fn store(&self, event: NewEvent) -> NatsResult<PublishOutcome> {
         let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
-        let slot = self.head_slot(&event.room);
-        // Publishes to one room from this process take turns: they never race
-        // each other, and a second publish of an id finds the first one's record.
-        let mut cached = slot.lock().await;
+        // The id is claimed before the room's turn is taken: a claim is safe
+        // between processes, so it is within one, and a claim left by a dead
+        // publisher (waited out for `request_timeout`) must not hold up the
+        // room's other publishes meanwhile.
         if let Claim::Stored(original) = self.claim_id(&event, &id_subject).await? {
             return Ok(duplicate(original));
         }
+        let slot = self.head_slot(&event.room);
+        // Publishes to one room from this process take turns: they never race each other.
+        let mut cached = slot.lock().await;
         let result = self.store_claimed(&event, &mut cached).await;
         match &result {
             Ok(outcome) => self.finish_id(&id_subject, outcome.envelope.sequence).await,
