@@ -257,19 +257,20 @@ impl Client {
     /// Unanswered publishes are re-sent after a reconnect with the same event id, so each
     /// is stored once.
     pub async fn publish(&self, event: OutgoingEvent) -> Result<Published, ClientError> {
-        check_room(&event.room)?;
+        let request = event.request;
+        check_room(&request.room)?;
         let publish = zps_protocol::Publish {
             request_id: None,
             event: PublishEvent {
-                event_type: event.event_type,
-                room: event.room,
-                payload: event.payload,
-                id: Some(event.id.unwrap_or_else(zps_model::envelope::generate_id)),
-                ttl_ms: event
+                event_type: request.event_type,
+                room: request.room,
+                payload: request.payload,
+                id: Some(request.id.unwrap_or_else(zps_model::envelope::generate_id)),
+                ttl_ms: request
                     .ttl
                     .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-                encrypted: event.encrypted,
-                metadata: event.metadata,
+                encrypted: request.encrypted,
+                metadata: request.metadata,
             },
             exclude_self: event.exclude_self,
         };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
-use zps_model::{DiscontinuityReason, Envelope, Metadata, PresenceMember};
+use zps_model::{DiscontinuityReason, Envelope, Metadata, PresenceMember, PublishRequest};
 
 use crate::error::ClientError;
 
@@ -92,15 +92,10 @@ pub struct Published {
 }
 
 /// A durable event to publish (client publishing must be enabled on the gateway).
+/// The room is checked when it is published (the gateway has the last word).
 #[derive(Debug, Clone)]
 pub struct OutgoingEvent {
-    pub(crate) room: String,
-    pub(crate) event_type: String,
-    pub(crate) payload: Box<RawValue>,
-    pub(crate) id: Option<String>,
-    pub(crate) ttl: Option<Duration>,
-    pub(crate) encrypted: bool,
-    pub(crate) metadata: Option<Metadata>,
+    pub(crate) request: PublishRequest<String>,
     pub(crate) exclude_self: bool,
 }
 
@@ -119,13 +114,7 @@ impl OutgoingEvent {
     /// An event with already-serialized JSON.
     pub fn raw(room: impl Into<String>, event_type: impl Into<String>, payload: Box<RawValue>) -> Self {
         Self {
-            room: room.into(),
-            event_type: event_type.into(),
-            payload,
-            id: None,
-            ttl: None,
-            encrypted: false,
-            metadata: None,
+            request: PublishRequest::raw(room.into(), event_type, payload),
             exclude_self: false,
         }
     }
@@ -133,27 +122,25 @@ impl OutgoingEvent {
     /// Sets the idempotency key (otherwise the client generates one, so a publish
     /// re-sent after a reconnect is stored once).
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
+        self.request = self.request.with_id(id);
         self
     }
 
     /// Sets the time to live.
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.request = self.request.with_ttl(ttl);
         self
     }
 
     /// Marks the payload as ciphertext the server never inspects.
     pub fn encrypted(mut self) -> Self {
-        self.encrypted = true;
+        self.request = self.request.encrypted();
         self
     }
 
     /// Adds one metadata key.
     pub fn with_metadata(mut self, key: impl Into<String>, value: serde_json::Value) -> Self {
-        self.metadata
-            .get_or_insert_with(Metadata::new)
-            .insert(key.into(), value);
+        self.request = self.request.with_metadata(key, value);
         self
     }
 

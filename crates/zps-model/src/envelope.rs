@@ -156,15 +156,17 @@ impl<T: Sequenced + ?Sized> Sequenced for Arc<T> {
     }
 }
 
-/// What an application asks to publish.
+/// What an application asks to publish. The room is a checked [`Room`]; a
+/// client that leaves the check to the server builds one over a `String`
+/// (`PublishRequest<String>`), with the same builder.
 #[derive(Debug, Clone)]
-pub struct PublishRequest {
+pub struct PublishRequest<R = Room> {
     /// Idempotency key: publishing the same id twice returns the first envelope.
     pub id: Option<String>,
     /// Application event type.
     pub event_type: String,
     /// Target room (never a wildcard).
-    pub room: Room,
+    pub room: R,
     /// Payload JSON.
     pub payload: Payload,
     /// Time to live; the engine default (24 h) when `None`.
@@ -192,9 +194,11 @@ impl PublishRequest {
     ) -> Result<Self, Error> {
         Ok(Self::raw(room, event_type, to_payload(payload)?))
     }
+}
 
+impl<R> PublishRequest<R> {
     /// A request whose payload is already JSON text.
-    pub fn raw(room: Room, event_type: impl Into<String>, payload: Payload) -> Self {
+    pub fn raw(room: R, event_type: impl Into<String>, payload: Payload) -> Self {
         Self {
             id: None,
             event_type: event_type.into(),

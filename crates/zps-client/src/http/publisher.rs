@@ -72,10 +72,14 @@ impl BatchOut {
 }
 
 fn with_id(event: &mut OutgoingEvent) -> &str {
-    event.id.get_or_insert_with(zps_model::envelope::generate_id)
+    event
+        .request
+        .id
+        .get_or_insert_with(zps_model::envelope::generate_id)
 }
 
 fn body(event: &OutgoingEvent) -> EventBody<'_> {
+    let event = &event.request;
     EventBody {
         room: &event.room,
         event_type: &event.event_type,
