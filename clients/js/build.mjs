@@ -18,6 +18,7 @@ const internalProps = `
     acks answered after accepts full refuse run online waiters wait tracks states closed blocked
     next queue reset sent timer order onGap fail owner slot removeAll tick msg discontinuity
     opened subprotocolRefused baseUrl store timeoutMs ackMs onErrorMessage onDiscontinuityMessage timeout
+    stalledReads forgetRequests
 `.trim().split(/\s+/);
 const common = { bundle: true, format: 'esm', minify: true, target: ['es2022'], platform: 'neutral', legalComments: 'none' };
 

@@ -2,12 +2,15 @@
  * One room's delivery state: where the application stands (last delivered
  * sequence and epoch), the out-of-order buffer, gap repair by
  * `replay_request`, discontinuities, and the hand-off to the subscription.
+ * It follows the ordering rule's shared state table
+ * (`crates/zps-model/room_sync_table.json`, run by `test/room-table.test.mjs`
+ * here and by the Rust client's tests over `zps_model::RoomSync`).
  *
  * No I/O and no clock of its own: the client feeds it messages and the
  * current time (ms) and sends the replay requests it asks for. Hand-off never
  * waits: when the subscription's queue is full the room is "blocked", events
  * stay in the bounded buffer, and whatever overflows is re-read from history
- * once the handler catches up. (A port of `zps-client/src/room.rs`.)
+ * once the handler catches up.
  */
 import type { ServerError } from './errors.js';
 import type { DiscontinuityMessage, ReplayMessage, ReplayRequest, SubscribedMessage } from './protocol.js';
@@ -43,8 +46,6 @@ export interface Tuning {
 /** Where an exact-room subscription starts: undefined = the server decides (cursor, else live). */
 export type StartAt = { sequence: number; epoch?: string | undefined } | undefined;
 
-/** Wait after a refused replay before asking again. */
-const REPLAY_ERROR_BACKOFF_MS = 1000;
 
 /** Delivery state of one room. */
 export class RoomTrack {
@@ -64,6 +65,8 @@ export class RoomTrack {
   /** Events were dropped (buffer full) since the last request went out. */
   private overflowed = false;
   private outstanding: { id: string; to: number | undefined; sent: number } | undefined;
+  /** Answers in a row that did not move delivery (three: the hole in front is given up). */
+  private stalledReads = 0;
   private due: number | undefined;
   private lastRequest: number | undefined;
   /** The subscription's queue is full; delivery resumes when it takes something. */
@@ -102,11 +105,15 @@ export class RoomTrack {
   onDisconnect(): void {
     this.confirmed = this.viaWildcard;
     this.sentPosition = undefined;
-    this.outstanding = undefined;
-    this.due = undefined;
-    this.catchUp = false;
-    this.overflowed = false;
+    this.forgetRequests();
     if (this.viaWildcard && this.anchored) this.verifyReset = true;
+  }
+
+  /** Requests in flight and planned are dropped (their answers would be stale). */
+  private forgetRequests(): void {
+    this.outstanding = this.due = undefined;
+    this.catchUp = this.overflowed = false;
+    this.stalledReads = 0;
   }
 
   /** The answer to this connection's `subscribe`. */
@@ -116,14 +123,13 @@ export class RoomTrack {
     this.sentPosition = undefined;
     if (s.recovered === false) {
       const earliest = Math.max(1, s.earliestSequence ?? 1);
-      this.pushDiscontinuity(parseReason(s.reason), s.epoch, earliest);
+      this.pushDiscontinuity(parseReason(s.reason), earliest, s.epoch);
       this.t.reset(earliest - 1);
       this.anchored = true;
     } else if (sent === undefined) {
-      // The server chose the start (the subscriber's cursor, or live only). `startAfter` says
-      // where; an older gateway without it: live starts after `lastSequence`, a cursor resume
-      // is anchored by its first event (history arrives in order).
-      const after = s.startAfter ?? (s.recovered === undefined ? s.lastSequence : undefined);
+      // The server chose the start (the subscriber's cursor, or live only); `startAfter` says
+      // where (without it, the first event anchors: history arrives in order).
+      const after = s.startAfter;
       this.anchored = after !== undefined;
       this.t.reset(after ?? 0);
     }
@@ -143,7 +149,7 @@ export class RoomTrack {
       this.verifyReset = false;
       if (seq <= this.t.lastDelivered) {
         // A wildcard resubscribe is live only, so an old sequence means a new history.
-        this.pushDiscontinuity('stream_reset', undefined, 1);
+        this.pushDiscontinuity('stream_reset', 1);
         this.t.reset(0);
         this.epoch = undefined;
       }
@@ -165,14 +171,11 @@ export class RoomTrack {
   /** A mid-stream `discontinuity`: the history restarted at `earliestSequence`. */
   onGap(d: DiscontinuityMessage, now: number): void {
     if (!this.confirmed) return;
-    this.pushDiscontinuity(parseReason(d.reason), d.epoch, d.earliestSequence);
+    this.pushDiscontinuity(parseReason(d.reason), d.earliestSequence, d.epoch);
     this.t.reset(Math.max(0, d.earliestSequence - 1));
     this.epoch = d.epoch;
     this.anchored = true;
-    this.outstanding = undefined;
-    this.due = undefined;
-    this.catchUp = false;
-    this.overflowed = false;
+    this.forgetRequests();
     this.drain(now);
   }
 
@@ -180,6 +183,7 @@ export class RoomTrack {
   onReplay(page: ReplayMessage, now: number): boolean {
     const o = this.outstanding;
     if (!o || page.requestId !== o.id) return false;
+    const before = this.t.lastDelivered;
     this.outstanding = undefined;
     let overflowAt: number | undefined;
     for (const e of page.events) {
@@ -201,7 +205,14 @@ export class RoomTrack {
       this.schedule(now);
     } else {
       this.catchUp = false;
-      if (this.t.missing()) this.schedule(now + this.tune.throttleMs);
+      const hole = this.t.missing();
+      this.stalledReads = hole && !page.events.length && this.t.lastDelivered == before ? this.stalledReads + 1 : 0;
+      if (hole && this.stalledReads > 2) {
+        // History keeps not showing it: give it up, announced where delivery jumps.
+        this.stalledReads = 0;
+        this.pushDiscontinuity('position_expired', hole[1] + 1);
+        this.settle(hole[1], now);
+      } else if (hole) this.schedule(now + this.tune.throttleMs);
     }
     return true;
   }
@@ -210,7 +221,8 @@ export class RoomTrack {
   onReplayError(requestId: string, now: number): boolean {
     if (this.outstanding?.id !== requestId) return false;
     this.outstanding = undefined;
-    this.due = now + Math.max(this.tune.throttleMs, REPLAY_ERROR_BACKOFF_MS);
+    // A refused replay waits at least a second before it is asked again.
+    this.due = now + Math.max(this.tune.throttleMs, 1000);
     return true;
   }
 
@@ -293,7 +305,7 @@ export class RoomTrack {
     return false;
   }
 
-  private pushDiscontinuity(reason: DiscontinuityReason, epoch: string | undefined, earliestSequence: number): void {
+  private pushDiscontinuity(reason: DiscontinuityReason, earliestSequence: number, epoch?: string): void {
     this.notices.push({
       kind: 'discontinuity',
       discontinuity: {

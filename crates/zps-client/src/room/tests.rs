@@ -322,3 +322,105 @@ fn type_filter_skips_delivery_but_not_position() {
     assert_eq!(t.position().sequence, 5);
     assert!(!t.wants_timer(), "filtered events are not gaps");
 }
+
+/// The ordering rule's shared state table (`crates/zps-model/room_sync_table.json`),
+/// which the JS client runs too: same inputs, same hand-over, same requests.
+#[test]
+fn follows_the_shared_state_table() {
+    use serde_json::Value;
+    let table: Value = serde_json::from_str(include_str!("../../../zps-model/room_sync_table.json")).unwrap();
+    let t = &table["tuning"];
+    let ms = |v: &Value| Duration::from_millis(v.as_u64().unwrap());
+    let tune = Tuning {
+        throttle: ms(&t["throttleMs"]),
+        page_size: t["pageSize"].as_u64().unwrap() as usize,
+        request_timeout: ms(&t["timeoutMs"]),
+        max_buffer: t["maxBuffer"].as_u64().unwrap() as usize,
+    };
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let t0 = Instant::now();
+        let (tx, mut rx) = mpsc::channel(1000);
+        let sink = Sink {
+            id: 1,
+            tx,
+            types: None,
+        };
+        let mut room = RoomTrack::exact(Arc::from("chat:1"), sink, &after(0), &tune, t0);
+        room.confirmed = true;
+        let mut last_request: Option<ReplayRequest> = None;
+        let mut n = 0;
+        let mut now = t0;
+        for step in case["steps"].as_array().unwrap() {
+            if let Some(at) = step.get("at") {
+                now = t0 + ms(at);
+            }
+            if let Some(seq) = step.get("live") {
+                room.on_event(env(seq.as_u64().unwrap()), now);
+            } else if let Some(want) = step.get("poll") {
+                let got = room.poll_replay(now, &tune, || {
+                    n += 1;
+                    format!("r{n}")
+                });
+                let got_json = got
+                    .as_ref()
+                    .map(|r| serde_json::json!({"from": r.from_sequence, "to": r.to_sequence}));
+                assert_eq!(got_json.unwrap_or(Value::Null), *want, "{name}: poll at {step}");
+                if got.is_some() {
+                    last_request = got;
+                }
+            } else if let Some(p) = step.get("page") {
+                let req = last_request.as_ref().expect("a request to answer");
+                let events = p["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
+                let page = page(
+                    req,
+                    events,
+                    p["scannedTo"].as_u64().unwrap(),
+                    p["hasMore"].as_bool().unwrap(),
+                );
+                assert!(room.on_replay(page, now), "{name}: the page answers the request");
+            } else if step.get("error").is_some() {
+                let id = last_request.as_ref().and_then(|r| r.request_id.clone()).unwrap();
+                assert!(room.on_replay_error(&id, now), "{name}");
+            } else if let Some(d) = step.get("discontinuity") {
+                let notice = DiscontinuityNotice {
+                    room: "chat:1".into(),
+                    reason: d["reason"].as_str().unwrap().into(),
+                    epoch: d["epoch"].as_str().unwrap().into(),
+                    earliest_sequence: d["earliest"].as_u64().unwrap(),
+                };
+                room.on_discontinuity(&notice, now);
+            } else if let Some(want) = step.get("delivered") {
+                let mut got = Vec::new();
+                while let Ok(item) = rx.try_recv() {
+                    got.push(match item {
+                        ClientEvent::Event(e) => serde_json::json!(e.sequence),
+                        ClientEvent::Discontinuity {
+                            reason,
+                            earliest_sequence,
+                            last_delivered,
+                            ..
+                        } => serde_json::json!({"notice": [reason.as_str(), last_delivered, earliest_sequence]}),
+                        other => panic!("{name}: unexpected {other:?}"),
+                    });
+                }
+                assert_eq!(Value::Array(got), *want, "{name}: delivered");
+            } else if let Some(want) = step.get("position") {
+                assert_eq!(
+                    room.position().sequence,
+                    want.as_u64().unwrap(),
+                    "{name}: position"
+                );
+            } else if step.get("at").is_none() {
+                panic!("{name}: unknown step {step}");
+            }
+        }
+    }
+}
