@@ -46,6 +46,8 @@ impl NatsTransport {
             return Ok(Vec::new());
         };
         let slot = self.head_slot(&first.room);
+        // The room's turn: ids are claimed in it, right before storing (see `store`).
+        let mut turn = Some(slot.lock().await);
         // A repeated id within the batch answers as a duplicate of its first occurrence.
         let mut first_of: HashMap<&str, usize> = HashMap::new();
         let mut unique = Vec::new();
@@ -60,15 +62,18 @@ impl NatsTransport {
             .map(|&pos| self.inner.subjects.event_id(&group[pos].1.room, &group[pos].1.id))
             .collect();
         let claimed = self.claim_ids_pipelined(&subjects).await?;
+        if claimed.iter().any(|c| !c) {
+            // Some ids are held (see `store`): resolved without the room's turn.
+            turn = None;
+        }
         let mut answers: Vec<Option<PublishOutcome>> = vec![None; group.len()];
         let mut owned = Vec::new();
-        for ((&pos, subject), claimed) in unique.iter().zip(&subjects).zip(claimed) {
+        for ((&pos, subject), claimed) in unique.iter().zip(&subjects).zip(claimed.iter().copied()) {
             let event = &group[pos].1;
             let claim = if claimed {
                 Claim::Owned
             } else {
-                // Held elsewhere (or stored before): the single-publish path waits it out.
-                match self.claim_id(event, subject).await {
+                match self.claim_held_id(event, subject).await {
                     Ok(claim) => claim,
                     Err(e) => {
                         self.release_ids(&owned).await;
@@ -81,9 +86,10 @@ impl NatsTransport {
                 Claim::Stored(original) => answers[pos] = Some(duplicate(original)),
             }
         }
-        // Claims are settled before the room's turn is taken (see `store`): one
-        // waiting out a dead publisher's claim holds up no other publish.
-        let mut cached = slot.lock().await;
+        let mut cached = match turn {
+            Some(turn) => turn,
+            None => slot.lock().await,
+        };
         for (n, (pos, subject)) in owned.iter().enumerate() {
             match self.store_claimed(&group[*pos].1, &mut cached).await {
                 Ok(outcome) => {

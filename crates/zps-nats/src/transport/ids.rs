@@ -48,11 +48,16 @@ fn stored_sequence(record: &StreamMessage) -> Option<u64> {
 }
 
 impl NatsTransport {
-    /// Claims `event`'s id, or finds the event stored under it.
-    pub(super) async fn claim_id(&self, event: &NewEvent, id_subject: &str) -> NatsResult<Claim> {
-        if self.try_claim(id_subject, 0, true).await? {
-            return Ok(Claim::Owned);
-        }
+    /// Claims `event`'s id at once when nobody holds it (true), else false:
+    /// resolve with [`Self::claim_held_id`].
+    pub(super) async fn claim_free_id(&self, id_subject: &str) -> NatsResult<bool> {
+        self.try_claim(id_subject, 0, true).await
+    }
+
+    /// Resolves an id someone holds: waits for its record to name the sequence
+    /// (the stored original), or takes a dead publisher's claim over. It may wait
+    /// `request_timeout`: callers do not hold their room's turn meanwhile.
+    pub(super) async fn claim_held_id(&self, event: &NewEvent, id_subject: &str) -> NatsResult<Claim> {
         let mut deadline = Instant::now() + self.inner.config.request_timeout;
         for _ in 0..MAX_CLAIM_ROUNDS {
             let Some(record) = self.last_record(&self.inner.ids, id_subject, "id claim").await? else {
@@ -88,7 +93,7 @@ impl NatsTransport {
 
     /// Claims many ids at once (create-only, deduplicated), sending every claim
     /// before awaiting any answer: one round trip for all. True where claimed;
-    /// false where something holds the id already (resolve with [`Self::claim_id`]).
+    /// false where something holds the id already (resolve with [`Self::claim_held_id`]).
     pub(super) async fn claim_ids_pipelined(&self, id_subjects: &[String]) -> NatsResult<Vec<bool>> {
         let mut pending = Vec::with_capacity(id_subjects.len());
         for subject in id_subjects {

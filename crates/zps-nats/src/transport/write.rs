@@ -39,16 +39,21 @@ impl NatsTransport {
     /// when its id was stored before.
     pub(super) async fn store(&self, event: NewEvent) -> NatsResult<PublishOutcome> {
         let id_subject = self.inner.subjects.event_id(&event.room, &event.id);
-        // The id is claimed before the room's turn is taken: a claim is safe
-        // between processes, so it is within one, and a claim left by a dead
-        // publisher (waited out for `request_timeout`) must not hold up the
-        // room's other publishes meanwhile.
-        if let Claim::Stored(original) = self.claim_id(&event, &id_subject).await? {
-            return Ok(duplicate(original));
-        }
         let slot = self.head_slot(&event.room);
-        // Publishes to one room from this process take turns: they never race each other.
+        // Publishes to one room from this process take turns: they never race
+        // each other, and the id is claimed in the turn, right before storing (a
+        // claim left behind by a crash is one whose store was under way).
         let mut cached = slot.lock().await;
+        if !self.claim_free_id(&id_subject).await? {
+            // Held by someone (an earlier attempt, another gateway, a dead
+            // publisher's claim waited out for `request_timeout`): resolve it
+            // without holding up the room's other publishes.
+            drop(cached);
+            if let Claim::Stored(original) = self.claim_held_id(&event, &id_subject).await? {
+                return Ok(duplicate(original));
+            }
+            cached = slot.lock().await;
+        }
         let result = self.store_claimed(&event, &mut cached).await;
         match &result {
             Ok(outcome) => self.finish_id(&id_subject, outcome.envelope.sequence).await,
