@@ -23,6 +23,16 @@ fn req(room: &Room, n: u64) -> PublishRequest {
     PublishRequest::new(room.clone(), "t", &json!({ "n": n })).unwrap()
 }
 
+/// Event `n` of `room` with the id `id`, as the engine hands it to the transport.
+fn new_event(room: &Room, n: u64, id: impl Into<String>) -> NewEvent {
+    NewEvent::from_request(
+        req(room, n).with_id(id),
+        Duration::from_secs(60),
+        Timestamp::now(),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_publishing_to_one_room_stay_gap_free() {
     let (_prefix, config) = support::config();
@@ -78,14 +88,7 @@ async fn ids_are_remembered_beyond_the_duplicate_window() {
     config.duplicate_window = Duration::from_millis(100);
     let transport = Arc::new(support::connect(config).await);
     let room = Room::parse("chat:idem").unwrap();
-    let event = |n| {
-        NewEvent::from_request(
-            req(&room, n).with_id("once"),
-            Duration::from_secs(60),
-            Timestamp::now(),
-        )
-        .unwrap()
-    };
+    let event = |n| new_event(&room, n, "once");
     let first = transport.publish(event(1)).await.unwrap();
     assert!(!first.duplicate);
     // Past the server's window, only the durable id record can know.
@@ -241,12 +244,7 @@ async fn one_id_published_at_once_through_two_processes_is_stored_once() {
     let b = Arc::new(support::connect(config).await);
     let room = Room::parse("chat:same-id").unwrap();
     for i in 0..20u64 {
-        let event = NewEvent::from_request(
-            req(&room, i).with_id(format!("e{i}")),
-            Duration::from_secs(60),
-            Timestamp::now(),
-        )
-        .unwrap();
+        let event = new_event(&room, i, format!("e{i}"));
         let (x, y) = tokio::join!(a.publish(event.clone()), b.publish(event));
         let (x, y) = (x.unwrap(), y.unwrap());
         assert_eq!(
@@ -283,14 +281,7 @@ async fn a_claim_left_by_a_dead_publisher_is_taken_over() {
     config.request_timeout = Duration::from_millis(500);
     let transport = support::connect(config).await;
     let room = Room::parse("chat:orphan").unwrap();
-    let event = |id: &str| {
-        NewEvent::from_request(
-            req(&room, 1).with_id(id),
-            Duration::from_secs(60),
-            Timestamp::now(),
-        )
-        .unwrap()
-    };
+    let event = |id: &str| new_event(&room, 1, id);
 
     // Died before storing: the event is stored once the claim lapses.
     leave_pending_claim(&prefix, "never-stored").await;
@@ -330,14 +321,7 @@ async fn waiting_out_a_dead_claim_holds_up_no_other_publish_to_the_room() {
     config.request_timeout = Duration::from_secs(3);
     let transport = Arc::new(support::connect(config).await);
     let room = Room::parse("chat:orphan").unwrap();
-    let event = |id: &str| {
-        NewEvent::from_request(
-            req(&room, 1).with_id(id),
-            Duration::from_secs(60),
-            Timestamp::now(),
-        )
-        .unwrap()
-    };
+    let event = |id: &str| new_event(&room, 1, id);
     for batched in [false, true] {
         let dead = format!("in-flight-at-the-kill-{batched}");
         leave_pending_claim(&prefix, &dead).await;
@@ -381,14 +365,7 @@ async fn batches_from_two_processes_keep_each_batch_in_order() {
     let b = Arc::new(support::connect(config).await);
     assert!(a.batches_publishes());
     let rooms = [Room::parse("chat:b1").unwrap(), Room::parse("chat:b2").unwrap()];
-    let event = |room: &Room, id: String| {
-        NewEvent::from_request(
-            req(room, 0).with_id(id),
-            Duration::from_secs(60),
-            Timestamp::now(),
-        )
-        .unwrap()
-    };
+    let event = |room: &Room, id: String| new_event(room, 0, id);
     // Stored before: the batch answers it as a duplicate.
     let earlier = a.publish(event(&rooms[0], "a-0-0".into())).await.unwrap();
     let batches = |t: Arc<NatsTransport>, name: &'static str| {
