@@ -929,3 +929,68 @@ async fn delete_prefix_removes_exactly_the_prefix() {
     assert_eq!(zps_redis::delete_prefix(&client, &base).await.unwrap(), 1);
     client.quit().await.unwrap();
 }
+
+/// A batch over more events than one script call holds, over several rooms:
+/// rooms share calls, a room cut between two calls keeps its order, and every
+/// event gets exactly the next sequence of its own room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_many_rooms_shares_script_calls_and_keeps_each_rooms_order() {
+    let (_prefix, config) = support::config();
+    let t = support::connect(config).await;
+    let rooms: Vec<Room> = (0..7).map(|_| unique_room("many")).collect();
+    // 100 events per room, rooms round robin: 700 events need three calls, so
+    // calls hold several rooms and some rooms are cut between two calls.
+    let events = (0..700)
+        .map(|i| new_event(&rooms[i % 7], &format!("m{i}"), json!(i), Duration::from_secs(60)))
+        .collect();
+    let out = t.publish_batch(events).await.unwrap();
+    assert_eq!(out.len(), 700);
+    for (i, o) in out.iter().enumerate() {
+        let e = &o.envelope;
+        assert!(!o.duplicate, "{i}");
+        assert_eq!(
+            (e.room.as_str(), e.id.as_str(), e.sequence),
+            (
+                rooms[i % 7].as_str(),
+                format!("m{i}").as_str(),
+                (i / 7 + 1) as u64
+            ),
+            "event {i}"
+        );
+    }
+    for (r, room) in rooms.iter().enumerate() {
+        let page = t
+            .replay(&ReplayQuery::new(room.clone(), 0).limit(1_000))
+            .await
+            .unwrap();
+        let stored: Vec<(u64, String)> = page
+            .events
+            .iter()
+            .map(|e| (e.sequence, e.payload.get().to_owned()))
+            .collect();
+        let want: Vec<(u64, String)> = (0..100)
+            .map(|k| (k as u64 + 1, (k * 7 + r).to_string()))
+            .collect();
+        assert_eq!(stored, want, "room {r}");
+    }
+    // The same batch again: every id is a duplicate of the stored event.
+    let again = t
+        .publish_batch(
+            (0..700)
+                .map(|i| {
+                    new_event(
+                        &rooms[i % 7],
+                        &format!("m{i}"),
+                        json!(-1),
+                        Duration::from_secs(60),
+                    )
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(again.iter().enumerate().all(|(i, o)| o.duplicate
+        && o.envelope.sequence == (i / 7 + 1) as u64
+        && o.envelope.payload.get() == i.to_string()));
+    t.close().await.unwrap();
+}

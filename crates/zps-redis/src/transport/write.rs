@@ -1,5 +1,6 @@
-//! Storing events: one script call per room batch (sequence, idempotency,
-//! stream entry and fan-out together), and the per-room publish queue that
+//! Storing events: one script call per batch (sequence, idempotency, stream
+//! entry and fan-out together; the rooms of a batch share calls except on a
+//! Cluster, where a call holds one room), and the per-room publish queue that
 //! batches what waits while a call is in flight.
 
 use super::*;
@@ -38,26 +39,39 @@ impl RedisTransport {
         room: &Room,
         events: Vec<Prepared>,
     ) -> Result<Vec<PublishOutcome>> {
+        self.publish_rooms(vec![(room.clone(), events)]).await
+    }
+
+    /// Publishes the events of several rooms in one script call (atomic; each
+    /// room's events in order). Outcomes come back rooms in call order.
+    pub(super) async fn publish_rooms(
+        &self,
+        rooms: Vec<(Room, Vec<Prepared>)>,
+    ) -> Result<Vec<PublishOutcome>> {
         let keys = &self.inner.keys;
         let config = keys.config();
-        let mut redis_keys = Vec::with_capacity(2 + events.len());
-        redis_keys.push(Key::from(keys.meta(room)));
-        redis_keys.push(Key::from(keys.stream(room)));
-        let mut args = Vec::with_capacity(5 + 5 * events.len());
-        args.push(bulk(new_epoch()));
+        let events: usize = rooms.iter().map(|(_, e)| e.len()).sum();
+        let mut redis_keys = Vec::with_capacity(2 * rooms.len() + events);
+        let mut args = Vec::with_capacity(3 + 3 * rooms.len() + 5 * events);
         args.push(bulk(if config.persist_streams { "1" } else { "0" }));
         args.push(bulk(config.max_stream_len.unwrap_or(0).to_string()));
-        args.push(bulk(keys.event_channel(room)));
         args.push(bulk(if config.sharded_pubsub {
             "SPUBLISH"
         } else {
             "PUBLISH"
         }));
-        let mut envelopes = Vec::with_capacity(events.len());
-        for p in events {
-            redis_keys.push(p.idem_key);
-            args.extend(p.args);
-            envelopes.push(p.envelope);
+        let mut envelopes = Vec::with_capacity(events);
+        for (room, prepared) in rooms {
+            redis_keys.push(Key::from(keys.meta(&room)));
+            redis_keys.push(Key::from(keys.stream(&room)));
+            args.push(bulk(new_epoch()));
+            args.push(bulk(keys.event_channel(&room)));
+            args.push(bulk(prepared.len().to_string()));
+            for p in prepared {
+                redis_keys.push(p.idem_key);
+                args.extend(p.args);
+                envelopes.push(p.envelope);
+            }
         }
         let reply: Value = self
             .inner
@@ -183,6 +197,13 @@ impl RedisTransport {
             by_room[slot].1.push((i, prepared));
         }
         let mut results: Vec<Option<PublishOutcome>> = (0..total).map(|_| None).collect();
+        if !self.inner.client.is_clustered() {
+            self.publish_shared_calls(by_room, &mut results).await?;
+            return results
+                .into_iter()
+                .map(|o| o.ok_or_else(|| decode("a batched publish got no outcome")))
+                .collect();
+        }
         let mut calls = futures::stream::iter(
             by_room
                 .into_iter()
@@ -199,6 +220,59 @@ impl RedisTransport {
             .map(|o| o.ok_or_else(|| decode("a batched publish got no outcome")))
             .collect()
     }
+
+    /// Where one script may touch several rooms (not a Cluster): the rooms of a
+    /// batch share script calls, up to [`BATCH_EVENTS`] events and
+    /// [`BATCH_BYTES`] each, run one after another — one round trip, one
+    /// flush and one script run for many rooms instead of one per room.
+    async fn publish_shared_calls(
+        &self,
+        by_room: Vec<(Room, Vec<(usize, Prepared)>)>,
+        results: &mut [Option<PublishOutcome>],
+    ) -> Result<()> {
+        let mut call: Vec<(Room, Vec<Prepared>)> = Vec::new();
+        let mut indices = Vec::new();
+        let mut bytes = 0;
+        for (room, events) in by_room {
+            for (i, prepared) in events {
+                let size = prepared.size();
+                if !indices.is_empty() && (indices.len() >= BATCH_EVENTS || bytes + size > BATCH_BYTES) {
+                    // A room cut here continues in the next call, which runs after this one.
+                    let outcomes = self.publish_rooms(std::mem::take(&mut call)).await?;
+                    place(results, std::mem::take(&mut indices), outcomes)?;
+                    bytes = 0;
+                }
+                bytes += size;
+                match call.last_mut() {
+                    Some((last, list)) if *last == room => list.push(prepared),
+                    _ => call.push((room.clone(), vec![prepared])),
+                }
+                indices.push(i);
+            }
+        }
+        if !indices.is_empty() {
+            let outcomes = self.publish_rooms(call).await?;
+            place(results, indices, outcomes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Puts a call's outcomes at their places in the batch.
+fn place(
+    results: &mut [Option<PublishOutcome>],
+    indices: Vec<usize>,
+    outcomes: Vec<PublishOutcome>,
+) -> Result<()> {
+    if indices.len() != outcomes.len() {
+        return Err(decode("publish script returned an unexpected reply"));
+    }
+    for (i, outcome) in indices.into_iter().zip(outcomes) {
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+    Ok(())
 }
 
 /// Passes a room's publish queue on when the call in flight finishes: to a drain
