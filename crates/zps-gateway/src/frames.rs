@@ -183,6 +183,15 @@ pub(crate) fn control(kind: ConnKind, msg: &ServerMessage) -> Outbound {
     }
 }
 
+/// A control message already written as JSON text, of type `name` (the
+/// `published` answer, written without building a `ServerMessage`).
+pub(crate) fn control_json(kind: ConnKind, name: &str, json: String) -> Outbound {
+    match kind {
+        ConnKind::Ws | ConnKind::WsCompact => Outbound::Ws(Utf8Bytes::from(json)),
+        ConnKind::Sse => Outbound::Sse(Bytes::from(format!("event: {name}\ndata: {json}\n\n"))),
+    }
+}
+
 /// An SSE record named after the message type (`event: subscribed`).
 fn sse_named(msg: &ServerMessage) -> Bytes {
     let json = msg.to_json();

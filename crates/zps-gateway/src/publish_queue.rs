@@ -20,10 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, mpsc};
 use zps_core::{PublishRequest, Realtime, Room};
-use zps_protocol::{Published, ServerMessage};
 
 use crate::conn::ConnShared;
-use crate::frames::control;
+use crate::frames::{control, control_json};
 use crate::session::Refusal;
 
 /// Publishes accepted from one connection and not yet answered. A client that
@@ -117,23 +116,27 @@ async fn store(engine: &Realtime, conn: &ConnShared, batch: Vec<Pending>) {
     let results = engine.publish_batch(requests).await;
     let mut answers = Vec::with_capacity(results.len());
     for ((result, request_id), room) in results.into_iter().zip(request_ids).zip(rooms) {
-        let reply = match result {
+        let answer = match result {
             Ok(outcome) => {
                 let e = &outcome.envelope;
-                ServerMessage::Published(Published {
-                    request_id,
-                    id: e.id.clone(),
-                    room: e.room.to_string(),
-                    sequence: e.sequence,
-                    duplicate: outcome.duplicate,
-                })
+                let json = zps_protocol::published_json(
+                    request_id.as_deref(),
+                    &e.id,
+                    e.room.as_str(),
+                    e.sequence,
+                    outcome.duplicate,
+                );
+                control_json(conn.kind, "published", json)
             }
-            Err(e) => Refusal::engine(&e)
-                .in_room(room.as_str())
-                .with_request(request_id)
-                .to_message(),
+            Err(e) => control(
+                conn.kind,
+                &Refusal::engine(&e)
+                    .in_room(room.as_str())
+                    .with_request(request_id)
+                    .to_message(),
+            ),
         };
-        answers.push(control(conn.kind, &reply));
+        answers.push(answer);
     }
     conn.answer(answers);
 }

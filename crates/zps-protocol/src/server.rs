@@ -168,26 +168,45 @@ pub struct Published {
 impl Published {
     /// The `published` message, written directly (the same bytes as serde's).
     pub fn to_json(&self) -> String {
-        use zps_model::envelope::push_json_str;
-        let mut out = String::with_capacity(96 + self.id.len() + self.room.len());
-        out.push_str(r#"{"type":"published""#);
-        if let Some(r) = &self.request_id {
-            out.push_str(r#","requestId":"#);
-            push_json_str(&mut out, r);
-        }
-        out.push_str(r#","id":"#);
-        push_json_str(&mut out, &self.id);
-        out.push_str(r#","room":"#);
-        push_json_str(&mut out, &self.room);
-        out.push_str(r#","sequence":"#);
-        out.push_str(itoa::Buffer::new().format(self.sequence));
-        out.push_str(if self.duplicate {
-            r#","duplicate":true}"#
-        } else {
-            r#","duplicate":false}"#
-        });
-        out
+        published_json(
+            self.request_id.as_deref(),
+            &self.id,
+            &self.room,
+            self.sequence,
+            self.duplicate,
+        )
     }
+}
+
+/// The `published` answer from borrowed parts: every publish is answered, so
+/// the gateway writes it without building a [`Published`] (no copies of the id
+/// and room). The same bytes as serde's.
+pub fn published_json(
+    request_id: Option<&str>,
+    id: &str,
+    room: &str,
+    sequence: u64,
+    duplicate: bool,
+) -> String {
+    use zps_model::envelope::push_json_str;
+    let mut out = String::with_capacity(96 + id.len() + room.len() + request_id.map_or(0, str::len));
+    out.push_str(r#"{"type":"published""#);
+    if let Some(r) = request_id {
+        out.push_str(r#","requestId":"#);
+        push_json_str(&mut out, r);
+    }
+    out.push_str(r#","id":"#);
+    push_json_str(&mut out, id);
+    out.push_str(r#","room":"#);
+    push_json_str(&mut out, room);
+    out.push_str(r#","sequence":"#);
+    out.push_str(itoa::Buffer::new().format(sequence));
+    out.push_str(if duplicate {
+        r#","duplicate":true}"#
+    } else {
+        r#","duplicate":false}"#
+    });
+    out
 }
 
 /// `discontinuity`.

@@ -266,9 +266,11 @@ impl Conn {
             .authorize(&RoomPattern::Exact(room.clone()), AuthAction::Publish)
             .await?;
         check_payload(p.event.payload.get().len(), gw.config.limits.max_payload_bytes)?;
-        let id = p.event.id.clone().unwrap_or_else(zps_core::envelope::generate_id);
-        let mut req =
-            PublishRequest::raw(room.clone(), p.event.event_type, p.event.payload).with_id(id.clone());
+        let id = p.event.id.unwrap_or_else(zps_core::envelope::generate_id);
+        if p.exclude_self {
+            self.session.conn.state.lock().skip_id(Arc::from(id.as_str()));
+        }
+        let mut req = PublishRequest::raw(room, p.event.event_type, p.event.payload).with_id(id);
         req.ttl = p.event.ttl_ms.map(Duration::from_millis);
         req.encrypted = p.event.encrypted;
         req.metadata = crate::attest::stamp(
@@ -276,9 +278,6 @@ impl Conn {
             crate::attest::PUBLISHER_KEY,
             crate::attest::attested(&gw, &self.session.identity),
         );
-        if p.exclude_self {
-            self.session.conn.state.lock().skip_id(Arc::from(id.as_str()));
-        }
         let engine = &gw.engine;
         let conn = &self.session.conn;
         self.publish_queue
