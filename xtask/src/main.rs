@@ -47,10 +47,12 @@ fn print_help() {
                                    REALTIME_LOAD_ROOMS, REALTIME_LOAD_SUBSCRIBERS_PER_ROOM,
                                    REALTIME_LOAD_EVENTS_PER_ROOM, REALTIME_LOAD_TARGET_EVENTS
   bench [--provider memory|postgres|redis|hybrid|sqlite|nats] [--skip-provider-bench]
-        [--scenario NAME]... [--target NAME]... [--quick]
+        [--scenario NAME]... [--target NAME]... [--quick] [--rounds N]
                                    the gateway (JSON and compact), two bare broadcast loops and
                                    nats-server driven by one load generator in one run (release
-                                   build), with both sides' CPU and every target as a ratio;
+                                   build), with both sides' CPU and every target as a ratio
+                                   (with --rounds N, targets interleaved N times, checked on the
+                                   median of the per-round ratios);
                                    scenarios: fanout-1x1000, chat-1x10, rooms-100x10, rooms-1000x1,
                                    idle-10k, replay; targets: zps-json, zps-compact, bare-small,
                                    bare-gw, nats; results appended to bench-results.jsonl. A provider

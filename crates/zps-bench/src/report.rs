@@ -140,7 +140,7 @@ pub fn print_verdicts(verdicts: &[Verdict]) {
     if verdicts.is_empty() {
         return;
     }
-    println!("\ntargets (one run, this machine):");
+    println!("\ntargets (this run, this machine; the median when it had several rounds):");
     for v in verdicts {
         println!(
             "  [{}] {:<62} {}",

@@ -65,6 +65,12 @@ struct RunArgs {
     /// Measured seconds.
     #[arg(long, default_value_t = 10)]
     measure_secs: u64,
+    /// Rounds: every target of a scenario runs once per round, targets
+    /// interleaved, and the targets are checked against the median of the
+    /// per-round ratios (this machine drifts by ±15 % over minutes, for every
+    /// server alike).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Extra arguments for the gateway (e.g. `--provider redis --connection ...`).
     #[arg(long = "gateway-arg", allow_hyphen_values = true)]
     gateway_args: Vec<String>,
@@ -129,41 +135,49 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             measure: Duration::from_secs(args.measure_secs.max(1)),
         }
     };
-    let mut results: BTreeMap<String, Vec<RunReport>> = BTreeMap::new();
+    let mut results: BTreeMap<String, Vec<Vec<RunReport>>> = BTreeMap::new();
     let mut idle: Vec<IdleReport> = Vec::new();
+    let rounds = args.rounds.max(1);
     report::header();
     for name in &chosen {
         if let Some((shape, targets)) = shape_of(name) {
-            let mut runs = Vec::new();
-            for t in targets.into_iter().filter(|t| wanted(*t)) {
-                if t == Target::Nats && launcher.nats_bin.is_none() {
-                    println!(
-                        "{:<20} nats        skipped: nats-server not installed",
-                        shape.name
-                    );
-                    continue;
+            let mut every_round = Vec::with_capacity(rounds);
+            for round in 1..=rounds {
+                if rounds > 1 {
+                    println!("-- {} round {round}/{rounds}", shape.name);
                 }
-                let server = launcher.start(t)?;
-                let r = shape::run(t, &server, &shape, durations)
-                    .await
-                    .with_context(|| format!("{} against {}", shape.name, t.name()))?;
-                drop(server);
-                runs.push(r);
+                let mut runs = Vec::new();
+                for &t in targets.iter().filter(|t| wanted(**t)) {
+                    if t == Target::Nats && launcher.nats_bin.is_none() {
+                        println!(
+                            "{:<20} nats        skipped: nats-server not installed",
+                            shape.name
+                        );
+                        continue;
+                    }
+                    let server = launcher.start(t)?;
+                    let r = shape::run(t, &server, &shape, durations)
+                        .await
+                        .with_context(|| format!("{} against {}", shape.name, t.name()))?;
+                    drop(server);
+                    runs.push(r);
+                }
+                let ratios = report::ratios(&runs);
+                for (r, q) in runs.iter().zip(&ratios) {
+                    report::row(r, q);
+                }
+                let rows: Vec<_> = runs
+                    .iter()
+                    .zip(&ratios)
+                    .map(|(r, q)| serde_json::json!({"run": r, "ratios": q}))
+                    .collect();
+                report::append(
+                    &args.results,
+                    &serde_json::json!({"kind": "shape", "scenario": shape.name, "round": round, "rounds": rounds, "runs": rows}),
+                )?;
+                every_round.push(runs);
             }
-            let ratios = report::ratios(&runs);
-            for (r, q) in runs.iter().zip(&ratios) {
-                report::row(r, q);
-            }
-            let rows: Vec<_> = runs
-                .iter()
-                .zip(&ratios)
-                .map(|(r, q)| serde_json::json!({"run": r, "ratios": q}))
-                .collect();
-            report::append(
-                &args.results,
-                &serde_json::json!({"kind": "shape", "scenario": shape.name, "runs": rows}),
-            )?;
-            results.insert(name.clone(), runs);
+            results.insert(name.clone(), every_round);
             continue;
         }
         match name.as_str() {
@@ -204,25 +218,71 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The targets, checked against this run.
-fn verdicts(results: &BTreeMap<String, Vec<RunReport>>, idle: &[IdleReport]) -> Vec<Verdict> {
-    let get = |s: &str, t: Target| {
-        results
-            .get(s)
-            .and_then(|runs| runs.iter().find(|r| r.target == t))
-    };
+/// A target's run in one round.
+fn find(runs: &[RunReport], t: Target) -> Option<&RunReport> {
+    runs.iter().find(|r| r.target == t)
+}
+
+/// `value` in every round of `scenario` that has it, and its median.
+fn across_rounds(
+    results: &BTreeMap<String, Vec<Vec<RunReport>>>,
+    scenario: &str,
+    value: impl Fn(&[RunReport]) -> Option<f64>,
+) -> Option<(f64, Vec<f64>)> {
+    let values: Vec<f64> = results.get(scenario)?.iter().filter_map(|r| value(r)).collect();
+    if values.is_empty() {
+        return None;
+    }
+    Some((median(&values), values))
+}
+
+/// The middle value (the mean of the middle two for an even count); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[mid],
+        _ => (sorted[mid - 1] + sorted[mid]) / 2.0,
+    }
+}
+
+/// How a checked figure is shown: the value, and each round's when there were several.
+fn shown(median: f64, values: &[f64], unit: &str) -> String {
+    if values.len() == 1 {
+        return format!("{median:.2}{unit}");
+    }
+    let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    format!(
+        "{median:.2}{unit} (median of {} rounds: {})",
+        values.len(),
+        each.join(", ")
+    )
+}
+
+/// Deliveries/s of `a` ÷ deliveries/s of `b` within one round.
+fn rate_ratio(a: Target, b: Target) -> impl Fn(&[RunReport]) -> Option<f64> {
+    move |runs| {
+        let (x, y) = (find(runs, a)?, find(runs, b)?);
+        Some(x.deliver_per_sec / y.deliver_per_sec.max(1.0))
+    }
+}
+
+/// The targets, checked against this run (the median over its rounds).
+fn verdicts(results: &BTreeMap<String, Vec<Vec<RunReport>>>, idle: &[IdleReport]) -> Vec<Verdict> {
     let mut out = Vec::new();
-    if let (Some(bare), Some(nats)) = (
-        get("fanout-1x1000", Target::BareSmall),
-        get("fanout-1x1000", Target::Nats),
+    if let Some((x, each)) = across_rounds(
+        results,
+        "fanout-1x1000",
+        rate_ratio(Target::BareSmall, Target::Nats),
     ) {
-        let ok = bare.deliver_per_sec >= nats.deliver_per_sec;
+        let ok = x >= 1.0;
         out.push(Verdict::new(
             "harness: bare-small loop ≥ nats-server on fanout-1x1000",
             format!(
-                "{:.0} vs {:.0} deliveries/s{}",
-                bare.deliver_per_sec,
-                nats.deliver_per_sec,
+                "{} nats-server's deliveries/s{}",
+                shown(x, &each, "×"),
                 if ok {
                     ""
                 } else {
@@ -233,48 +293,42 @@ fn verdicts(results: &BTreeMap<String, Vec<RunReport>>, idle: &[IdleReport]) -> 
         ));
     }
     for s in ["fanout-1x1000", "rooms-1000x1"] {
-        if let (Some(gw), Some(base)) = (get(s, Target::Zps), get(s, Target::BareGw)) {
-            let x = gw.deliver_per_sec / base.deliver_per_sec.max(1.0);
+        if let Some((x, each)) = across_rounds(results, s, rate_ratio(Target::Zps, Target::BareGw)) {
             out.push(Verdict::new(
                 format!("{s}: zps-json ≥ 0.9× bare-gw"),
-                format!(
-                    "{x:.2}× ({:.0} vs {:.0} deliveries/s)",
-                    gw.deliver_per_sec, base.deliver_per_sec
-                ),
+                shown(x, &each, "×"),
                 x >= 0.9,
             ));
         }
     }
-    if let (Some(gw), Some(nats)) = (
-        get("fanout-1x1000", Target::ZpsCompact),
-        get("fanout-1x1000", Target::Nats),
+    if let Some((x, each)) = across_rounds(
+        results,
+        "fanout-1x1000",
+        rate_ratio(Target::ZpsCompact, Target::Nats),
     ) {
-        let x = gw.deliver_per_sec / nats.deliver_per_sec.max(1.0);
         out.push(Verdict::new(
             "fanout-1x1000: zps-compact above nats-server",
-            format!(
-                "{x:.2}× ({:.0} vs {:.0} deliveries/s)",
-                gw.deliver_per_sec, nats.deliver_per_sec
-            ),
+            shown(x, &each, "×"),
             x > 1.0,
         ));
     }
-    if let (Some(gw), Some(base)) = (
-        get("rooms-100x10", Target::Zps),
-        get("rooms-100x10", Target::BareGw),
-    ) {
-        let x = gw.latency.p99_us as f64 / base.latency.p99_us.max(1) as f64;
+    let p99_ratio = |runs: &[RunReport]| {
+        let (gw, base) = (find(runs, Target::Zps)?, find(runs, Target::BareGw)?);
+        Some(gw.latency.p99_us as f64 / base.latency.p99_us.max(1) as f64)
+    };
+    if let Some((x, each)) = across_rounds(results, "rooms-100x10", p99_ratio) {
         out.push(Verdict::new(
             "rooms-100x10@20k/s: zps-json p99 ≤ 1.2× bare-gw p99",
-            format!("{x:.2}× ({} µs vs {} µs)", gw.latency.p99_us, base.latency.p99_us),
+            shown(x, &each, "×"),
             x <= 1.2,
         ));
     }
-    if let Some(gw) = get("chat-1x10", Target::Zps) {
+    let chat_p99 = |runs: &[RunReport]| find(runs, Target::Zps).map(|r| r.latency.p99_us as f64 / 1000.0);
+    if let Some((ms, each)) = across_rounds(results, "chat-1x10", chat_p99) {
         out.push(Verdict::new(
             "chat-1x10@1k/s: zps-json p99 ≤ 1 ms",
-            format!("{} µs", gw.latency.p99_us),
-            gw.latency.p99_us <= 1_000,
+            shown(ms, &each, " ms"),
+            ms <= 1.0,
         ));
     }
     let idle_of = |t: Target| idle.iter().find(|r| r.target == t);
@@ -292,6 +346,7 @@ fn verdicts(results: &BTreeMap<String, Vec<RunReport>>, idle: &[IdleReport]) -> 
     }
     let (lost, dup): (u64, u64) = results
         .values()
+        .flatten()
         .flatten()
         .fold((0, 0), |(l, d), r| (l + r.lost, d + r.duplicates_or_out_of_order));
     if !results.is_empty() {
@@ -443,4 +498,25 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[0.97, 0.81, 0.93]), 0.93);
+        assert!((median(&[0.8, 1.0, 0.9, 0.7]) - 0.85).abs() < 1e-12);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn shows_each_round_only_when_there_were_several() {
+        assert_eq!(shown(0.93, &[0.93], "×"), "0.93×");
+        assert_eq!(
+            shown(0.93, &[0.97, 0.81, 0.93], "×"),
+            "0.93× (median of 3 rounds: 0.97, 0.81, 0.93)"
+        );
+    }
 }
