@@ -5,7 +5,8 @@
 //! * **Publish**: one `EVALSHA` round trip. The script checks the id's
 //!   idempotency record, makes sure the room has an epoch, increments the
 //!   room's sequence, appends to the stream (trimmed with `MAXLEN ~`), records
-//!   the id and PUBLISHes the envelope with the room's epoch.
+//!   the id and PUBLISHes the envelope with the room's epoch. A batch's rooms
+//!   share calls, except on a Cluster (one room's keys per call there).
 //! * **Live**: one subscriber connection per transport; SUBSCRIBE per room,
 //!   PSUBSCRIBE per `scope:*`; in-process fan-out through `LocalFanout`. All
 //!   deliveries, local ones included, come back through Redis, in sequence order.
