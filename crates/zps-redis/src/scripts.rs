@@ -360,6 +360,36 @@ impl LuaScript {
     }
 }
 
+impl LuaScript {
+    /// Runs the script by its hash without keeping a copy of the arguments (a
+    /// batch's arguments are its events: copying them for a fallback that
+    /// almost never runs cost ~5 % of the gateway's CPU). `Ok(None)` means the
+    /// server does not have the script: the caller builds its arguments again
+    /// and calls [`LuaScript::eval`].
+    pub(crate) async fn run_cached<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> Result<Option<R>, fred::error::Error> {
+        match client.evalsha(self.sha.as_str(), keys, args).await {
+            Err(e) if is_noscript(&e) => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
+    /// Runs the script's source, which also puts it back in the server's cache.
+    pub(crate) async fn eval<R: FromValue>(
+        &self,
+        client: &Client,
+        keys: Vec<Key>,
+        args: Vec<Value>,
+    ) -> Result<R, fred::error::Error> {
+        tracing::debug!(script = self.name, "script not in the server cache; reloading it");
+        client.eval(self.source.as_str(), keys, args).await
+    }
+}
+
 /// Whether an error is the server saying it does not have the script.
 pub(crate) fn is_noscript(e: &fred::error::Error) -> bool {
     e.details().starts_with("NOSCRIPT")

@@ -8,8 +8,13 @@ use super::*;
 impl RedisTransport {
     /// Serializes one event for the publish script.
     pub(super) fn prepare(&self, event: NewEvent) -> Result<Prepared> {
+        self.prepare_envelope(event.into_envelope(0))
+    }
+
+    /// Serializes one envelope (not numbered yet) for the publish script.
+    fn prepare_envelope(&self, envelope: Envelope) -> Result<Prepared> {
         let keys = &self.inner.keys;
-        let expires_ms = event.expires_at.as_millis();
+        let expires_ms = envelope.expires_at.as_millis();
         let remaining = u64::try_from(expires_ms.saturating_sub(now_ms()))
             .unwrap_or(0)
             .max(1);
@@ -17,8 +22,7 @@ impl RedisTransport {
         let idem_ttl = u64::try_from(keys.config().idempotency_ttl.as_millis())
             .unwrap_or(u64::MAX)
             .min(remaining);
-        let idem_key = Key::from(keys.idempotency(&event.room, &event.id));
-        let envelope = event.into_envelope(0);
+        let idem_key = Key::from(keys.idempotency(&envelope.room, &envelope.id));
         let split = codec::split_envelope(&envelope).map_err(Error::InvalidEvent)?;
         Ok(Prepared {
             idem_key,
@@ -48,38 +52,29 @@ impl RedisTransport {
         &self,
         rooms: Vec<(Room, Vec<Prepared>)>,
     ) -> Result<Vec<PublishOutcome>> {
-        let keys = &self.inner.keys;
-        let config = keys.config();
-        let events: usize = rooms.iter().map(|(_, e)| e.len()).sum();
-        let mut redis_keys = Vec::with_capacity(2 * rooms.len() + events);
-        let mut args = Vec::with_capacity(3 + 3 * rooms.len() + 5 * events);
-        args.push(bulk(if config.persist_streams { "1" } else { "0" }));
-        args.push(bulk(config.max_stream_len.unwrap_or(0).to_string()));
-        args.push(bulk(if config.sharded_pubsub {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }));
-        let mut envelopes = Vec::with_capacity(events);
-        for (room, prepared) in rooms {
-            redis_keys.push(Key::from(keys.meta(&room)));
-            redis_keys.push(Key::from(keys.stream(&room)));
-            args.push(bulk(new_epoch()));
-            args.push(bulk(keys.event_channel(&room)));
-            args.push(bulk(prepared.len().to_string()));
-            for p in prepared {
-                redis_keys.push(p.idem_key);
-                args.extend(p.args);
-                envelopes.push(p.envelope);
+        let shape: Vec<(Room, usize)> = rooms.iter().map(|(r, e)| (r.clone(), e.len())).collect();
+        let (redis_keys, args, envelopes) = self.publish_args(rooms);
+        let script = &self.inner.scripts.publish;
+        let client = &self.inner.client;
+        let reply: Value = match script.run_cached(client, redis_keys, args).await.map_err(core)? {
+            Some(reply) => reply,
+            None => {
+                // The server lost the script (flush, restart, failover): the same
+                // call again, with the source, from the envelopes kept for the reply.
+                let mut again = envelopes.iter().cloned();
+                let mut rooms = Vec::with_capacity(shape.len());
+                for (room, n) in shape {
+                    let prepared = again
+                        .by_ref()
+                        .take(n)
+                        .map(|e| self.prepare_envelope(e))
+                        .collect::<Result<Vec<_>>>()?;
+                    rooms.push((room, prepared));
+                }
+                let (redis_keys, args, _) = self.publish_args(rooms);
+                script.eval(client, redis_keys, args).await.map_err(core)?
             }
-        }
-        let reply: Value = self
-            .inner
-            .scripts
-            .publish
-            .run(&self.inner.client, redis_keys, args)
-            .await
-            .map_err(core)?;
+        };
         let items = reply.into_array();
         if items.len() != 2 * envelopes.len() {
             return Err(decode("publish script returned an unexpected reply"));
@@ -112,6 +107,37 @@ impl RedisTransport {
             });
         }
         Ok(out)
+    }
+
+    /// The publish script's keys and arguments for these rooms' events (see
+    /// `PUBLISH_BODY`), and the envelopes in call order.
+    fn publish_args(&self, rooms: Vec<(Room, Vec<Prepared>)>) -> (Vec<Key>, Vec<Value>, Vec<Envelope>) {
+        let keys = &self.inner.keys;
+        let config = keys.config();
+        let events: usize = rooms.iter().map(|(_, e)| e.len()).sum();
+        let mut redis_keys = Vec::with_capacity(2 * rooms.len() + events);
+        let mut args = Vec::with_capacity(3 + 3 * rooms.len() + 5 * events);
+        args.push(bulk(if config.persist_streams { "1" } else { "0" }));
+        args.push(bulk(config.max_stream_len.unwrap_or(0).to_string()));
+        args.push(bulk(if config.sharded_pubsub {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }));
+        let mut envelopes = Vec::with_capacity(events);
+        for (room, prepared) in rooms {
+            redis_keys.push(Key::from(keys.meta(&room)));
+            redis_keys.push(Key::from(keys.stream(&room)));
+            args.push(bulk(new_epoch()));
+            args.push(bulk(keys.event_channel(&room)));
+            args.push(bulk(prepared.len().to_string()));
+            for p in prepared {
+                redis_keys.push(p.idem_key);
+                args.extend(p.args);
+                envelopes.push(p.envelope);
+            }
+        }
+        (redis_keys, args, envelopes)
     }
 
     /// All events of one room, chunked into script calls that run one after another.
