@@ -2,16 +2,20 @@
 //! same figures through the `metrics` facade, so any exporter (the gateway's
 //! Prometheus endpoint) sees them as `zps_*` series with bounded labels.
 //!
-//! The per-event counters (published, delivered, replayed, delivery lag) are
+//! The per-event counters (published, delivered, replayed) are
 //! [`ShardedCounter`]s: every event touches them, and one atomic shared by all
 //! cores costs a cache-line transfer per event. Once [`export_on_scrape`] is
 //! on (the gateway turns it on with its Prometheus recorder), they reach the
-//! facade when [`Metrics::export`] runs before a scrape, instead of per event.
+//! facade when [`Metrics::export`] runs before a scrape, instead of per event,
+//! and the delivery-lag histogram is a sharded [`LagHistogram`] written out
+//! by [`render_deferred`].
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
+
+mod lag_histogram;
+pub use lag_histogram::{LagHistogram, SECONDS_BUCKETS};
 
 /// Counters shared by the engine and its subscriptions.
 #[derive(Debug, Default)]
@@ -35,7 +39,6 @@ pub struct Metrics {
     lag_millis_total: ShardedCounter,
     active_listeners: AtomicI64,
     ephemeral_published: AtomicU64,
-    hot: OnceLock<Hot>,
     /// What [`Metrics::export`] already handed to the facade (it adds deltas,
     /// so several engines in one process sum up as before).
     exported: [AtomicU64; 3],
@@ -91,6 +94,18 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
+/// Every engine's delivery lags in this process (one series, as the facade's would be).
+static DELIVERY_LAG: LagHistogram = LagHistogram::new();
+const DELIVERY_LAG_NAME: &str = "zps_delivery_lag_seconds";
+
+/// Appends what export-on-scrape keeps outside the facade (the delivery-lag
+/// histogram) in Prometheus text; nothing unless [`export_on_scrape`] is on.
+pub fn render_deferred(out: &mut String) {
+    if deferred() {
+        DELIVERY_LAG.render(DELIVERY_LAG_NAME, out);
+    }
+}
+
 static EXPORT_ON_SCRAPE: AtomicBool = AtomicBool::new(false);
 
 /// Switches the per-event counters to export-on-scrape (see the module docs):
@@ -104,17 +119,6 @@ pub fn export_on_scrape() {
 /// Whether [`export_on_scrape`] is on.
 pub fn deferred() -> bool {
     EXPORT_ON_SCRAPE.load(Ordering::Relaxed)
-}
-
-/// The delivery-lag histogram's handle (a histogram cannot be exported as a total).
-struct Hot {
-    lag: ::metrics::Histogram,
-}
-
-impl std::fmt::Debug for Hot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hot")
-    }
 }
 
 /// A point-in-time copy of [`Metrics`], serialized camelCase like the seed's `snapshotMetrics()`.
@@ -168,20 +172,6 @@ macro_rules! bump {
 }
 
 impl Metrics {
-    fn lag_histogram(&self) -> Option<&::metrics::Histogram> {
-        if !deferred() {
-            return None;
-        }
-        Some(
-            &self
-                .hot
-                .get_or_init(|| Hot {
-                    lag: ::metrics::histogram!("zps_delivery_lag_seconds"),
-                })
-                .lag,
-        )
-    }
-
     /// Counts a stored event.
     pub fn published(&self) {
         self.published.add(1);
@@ -198,10 +188,10 @@ impl Metrics {
         if let Some(lag) = live_lag_ms {
             self.lag_samples.add(1);
             self.lag_millis_total.add(lag);
-            let seconds = lag as f64 / 1000.0;
-            match self.lag_histogram() {
-                Some(h) => h.record(seconds),
-                None => ::metrics::histogram!("zps_delivery_lag_seconds").record(seconds),
+            if deferred() {
+                DELIVERY_LAG.record(lag);
+            } else {
+                ::metrics::histogram!(DELIVERY_LAG_NAME).record(lag as f64 / 1000.0);
             }
         }
     }

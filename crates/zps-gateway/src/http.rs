@@ -92,11 +92,9 @@ pub(crate) async fn metrics(State(gw): State<Arc<GatewayState>>) -> Response {
             gw.engine.export_metrics();
             crate::frame_counters::export();
             handle.run_upkeep();
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                handle.render(),
-            )
-                .into_response()
+            let mut text = handle.render();
+            zps_core::metrics::render_deferred(&mut text);
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
         }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -72,9 +72,10 @@ pub fn prometheus_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("seconds".into()), &buckets);
+            let builder = PrometheusBuilder::new().set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("seconds".into()),
+                &zps_core::metrics::SECONDS_BUCKETS,
+            );
             let builder = match builder {
                 Ok(b) => b,
                 Err(e) => {

@@ -477,7 +477,8 @@ async fn ephemeral_events_and_presence() {
 #[tokio::test]
 async fn health_live_ready_and_metrics() {
     let gw = TestGateway::start(GatewayConfig::default()).await;
-    let _c = gw.ready("d").await;
+    let mut c = gw.ready("d").await;
+    c.subscribe("chat:1").await;
     let http = reqwest::Client::new();
     let health: serde_json::Value = http
         .get(gw.http_url("/health"))
@@ -500,6 +501,7 @@ async fn health_live_ready_and_metrics() {
         .publish(publish("chat:1", "t", json!({})))
         .await
         .unwrap();
+    assert_eq!(c.recv_type("event").await["data"]["sequence"], 1);
     let metrics = http
         .get(gw.http_url("/metrics"))
         .send()
@@ -510,6 +512,19 @@ async fn health_live_ready_and_metrics() {
         .unwrap();
     assert!(metrics.contains("zps_events_published_total"), "{metrics}");
     assert!(metrics.contains("zps_gateway_connections"), "{metrics}");
+    // The live delivery's lag, from the sharded histogram written at scrape time.
+    assert!(
+        metrics.contains("# TYPE zps_delivery_lag_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zps_delivery_lag_seconds_count 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zps_delivery_lag_seconds_bucket{le=\"+Inf\"} 1\n"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("chat:1"), "no per-room labels");
 }
 
