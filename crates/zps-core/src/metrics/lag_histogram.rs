@@ -20,8 +20,6 @@ const BOUNDS_MICROS: [u64; 13] = [
     100, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
 ];
 
-const SHARDS: usize = 16;
-
 /// One shard: a count per bucket (the last is `+Inf`) and the sum, in one
 /// 128-byte block so two threads never share a cache line.
 #[derive(Debug)]
@@ -44,7 +42,7 @@ impl Shard {
 /// sharing a cache line.
 #[derive(Debug)]
 pub struct LagHistogram {
-    shards: [Shard; SHARDS],
+    shards: [Shard; super::SHARDS],
 }
 
 impl Default for LagHistogram {
@@ -57,7 +55,7 @@ impl LagHistogram {
     /// An empty histogram (usable in a `static`).
     pub const fn new() -> Self {
         Self {
-            shards: [const { Shard::new() }; SHARDS],
+            shards: [const { Shard::new() }; super::SHARDS],
         }
     }
 
@@ -137,6 +135,13 @@ mod tests {
         }
         assert_eq!(lines[15], "lag_seconds_sum 3.014");
         assert_eq!(lines[16], "lag_seconds_count 7");
+    }
+
+    #[test]
+    fn the_integer_bounds_are_the_exported_ones() {
+        for (micros, seconds) in BOUNDS_MICROS.iter().zip(SECONDS_BUCKETS) {
+            assert_eq!(*micros, (seconds * 1e6).round() as u64);
+        }
     }
 
     #[test]
