@@ -205,6 +205,27 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A free port for a cluster node whose bus port (port + 10 000) is valid and
+/// free too, and not already one of `taken`.
+fn cluster_port(taken: &[u16]) -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let port = free_port()?;
+        let Some(bus) = port.checked_add(10_000) else {
+            continue;
+        };
+        if taken
+            .iter()
+            .any(|t| *t == port || t.checked_add(10_000) == Some(port) || *t == bus)
+        {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port pair (port, port + 10000) for a cluster node")
+}
+
 fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -473,14 +494,31 @@ impl OwnRedisCluster {
     /// Starts the six nodes and joins them into one cluster.
     pub fn start(tag: &str) -> anyhow::Result<Self> {
         let dir = scratch_dir("redis-cluster", tag)?;
-        let ports = (0..6).map(|_| free_port()).collect::<anyhow::Result<Vec<_>>>()?;
         let mut c = Self {
             dir,
-            children: ports.iter().map(|_| None).collect(),
-            ports,
+            children: (0..6).map(|_| None).collect(),
+            ports: Vec::new(),
         };
-        for i in 0..c.ports.len() {
-            c.up(i)?;
+        for i in 0..6 {
+            // A port picked free can be taken before the node binds it (or its
+            // bus port): a node that fails its first start gets another port.
+            let mut attempt = 0;
+            loop {
+                let port = cluster_port(&c.ports)?;
+                match c.ports.get_mut(i) {
+                    Some(p) => *p = port,
+                    None => c.ports.push(port),
+                }
+                match c.up(i) {
+                    Ok(()) => break,
+                    Err(e) if attempt < 2 => {
+                        eprintln!("zps-chaos: cluster node on {port} did not start ({e:#}); another port");
+                        c.kill(i);
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -497,19 +535,36 @@ impl OwnRedisCluster {
         let port = self.ports[i].to_string();
         let dir = self.dir.join(&port);
         std::fs::create_dir_all(&dir)?;
+        let log = dir.join("redis.log");
         let child = Command::new("redis-server")
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
             .args(["--cluster-config-file", "nodes.conf"])
+            .arg("--logfile")
+            .arg(&log)
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("redis-server is needed for the Redis Cluster scenario")?;
-        self.children[i] = Some(child);
-        wait_listening(self.ports[i], "redis-server (cluster node)")
+        let child = self.children[i].insert(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
+            let exited = child.try_wait()?;
+            if exited.is_some() || Instant::now() >= deadline {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                bail!(
+                    "redis-server (cluster node) did not listen on {port} ({}); its log ends: {}",
+                    exited.map_or("still running".to_owned(), |s| s.to_string()),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
