@@ -226,10 +226,36 @@ fn cluster_port(taken: &[u16]) -> anyhow::Result<u16> {
     bail!("no free port pair (port, port + 10000) for a cluster node")
 }
 
-fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
+/// Waits until `port` accepts connections; fails at once when `child` (the
+/// process that should listen) has exited, quoting the end of its `log`.
+fn wait_listening(
+    port: u16,
+    what: &str,
+    mut child: Option<&mut Child>,
+    log: Option<&Path>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "{what} did not listen on {port}");
+        let exited = match child.as_deref_mut() {
+            Some(c) => c.try_wait()?,
+            None => None,
+        };
+        if exited.is_some() || Instant::now() >= deadline {
+            let text = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            let mut tail: Vec<&str> = text.lines().rev().take(5).collect();
+            tail.reverse();
+            bail!(
+                "{what} did not listen on {port} ({}){}",
+                exited.map_or("still running".to_owned(), |s| s.to_string()),
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its log ends: {}", tail.join(" | "))
+                }
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -322,8 +348,8 @@ impl OwnServer {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("{} is needed for this scenario", self.program))?;
-        self.child = Some(child);
-        wait_listening(self.port, self.program)
+        let child = self.child.insert(child);
+        wait_listening(self.port, self.program, Some(child), None)
     }
 
     /// SIGKILL.
@@ -460,7 +486,7 @@ impl OwnPostgres {
 
     fn up(&self) -> anyhow::Result<()> {
         self.ctl(&["-w", "-t", "60", "start"])?;
-        wait_listening(self.port, "postgres")
+        wait_listening(self.port, "postgres", None, None)
     }
 
     /// A crash: every server process aborted at once, nothing flushed beyond what was committed.
@@ -550,21 +576,12 @@ impl OwnRedisCluster {
             .spawn()
             .context("redis-server is needed for the Redis Cluster scenario")?;
         let child = self.children[i].insert(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.ports[i])).is_err() {
-            let exited = child.try_wait()?;
-            if exited.is_some() || Instant::now() >= deadline {
-                let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-                bail!(
-                    "redis-server (cluster node) did not listen on {port} ({}); its log ends: {}",
-                    exited.map_or("still running".to_owned(), |s| s.to_string()),
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        wait_listening(
+            self.ports[i],
+            "redis-server (cluster node)",
+            Some(child),
+            Some(&log),
+        )
     }
 
     fn cli(&self, port: u16, args: &[&str]) -> Option<String> {

@@ -345,22 +345,12 @@ impl LuaScript {
         keys: Vec<Key>,
         args: Vec<Value>,
     ) -> Result<R, fred::error::Error> {
-        match client
-            .evalsha(self.sha.as_str(), keys.clone(), args.clone())
-            .await
-        {
-            Err(e) if is_noscript(&e) => {
-                // EVAL runs the source and caches it again, so the next EVALSHA hits;
-                // unlike SCRIPT LOAD + EVALSHA it cannot lose a race with another flush.
-                tracing::debug!(script = self.name, "script not in the server cache; reloading it");
-                client.eval(self.source.as_str(), keys, args).await
-            }
-            other => other,
+        match self.run_cached(client, keys.clone(), args.clone()).await? {
+            Some(reply) => Ok(reply),
+            None => self.eval(client, keys, args).await,
         }
     }
-}
 
-impl LuaScript {
     /// Runs the script by its hash without keeping a copy of the arguments (a
     /// batch's arguments are its events: copying them for a fallback that
     /// almost never runs cost ~5 % of the gateway's CPU). `Ok(None)` means the
@@ -378,7 +368,8 @@ impl LuaScript {
         }
     }
 
-    /// Runs the script's source, which also puts it back in the server's cache.
+    /// Runs the script's source, which also puts it back in the server's cache
+    /// (unlike SCRIPT LOAD + EVALSHA, it cannot lose a race with another flush).
     pub(crate) async fn eval<R: FromValue>(
         &self,
         client: &Client,
